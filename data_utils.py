@@ -1,0 +1,514 @@
+"""Training data: the dataset over preprocessed clips, batching, and data order.
+
+For every `X.wav` in a filelist the preprocessing step has written, beside it:
+
+* `X.wav.soft.pt` - content features, (1, ssl_dim, T_content) (or (ssl_dim, T_content));
+* `X.wav.f0.npy`  - upstream's pickled (f0, uv) pair at the config's hop;
+* `X.spec.pt`     - the linear spectrogram (computed and cached here if absent);
+* `X.wav.vol.npy` - the frame loudness, needed when `model.vol_embedding` is on.
+
+The speaker is the name of the wav's folder, looked up in the config's `spk` map.
+Items follow upstream 4.1's `data_utils.py`: content is stretched to the pitch
+frame count, all streams are trimmed to a common length, clips over 800 frames
+are randomly cropped to 790, and loudness augmentation rescales the audio.
+
+Two deliberate differences from upstream: the dataset does not reseed or shuffle
+the global `random` module (the sampler decides the order), and data order is
+per-epoch deterministic and resumable mid-epoch (`DistributedEpochSampler`).
+Random crops and augmentation draw from the `random` module of the process that
+loads the item: with `num_workers=0` that is the trainer's own process, so saving
+and restoring `random.getstate()` reproduces them exactly on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import random
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+import torch
+import torch.utils.data
+from torch.nn import functional as F
+
+from modules.errors import UserError
+from modules.f0_utils import repeat_expand_2d
+from modules.mel_processing import spectrogram_torch
+from modules.safe_io import load_f0_uv, load_torch_data
+
+CROP_THRESHOLD_FRAMES = 800  # clips longer than this are cropped ...
+CROP_FRAMES = 790  # ... to this many frames (upstream's numbers)
+LENGTH_TOLERANCE_FRAMES = 3  # upstream's allowed content/spectrogram/audio mismatch
+
+# One loaded item: content (C, T), f0 (T,), spec (F, T), audio (1, T * hop),
+# speaker id (1,), uv (T,), volume (T,) or None.
+Item = tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+    torch.Tensor | None,
+]
+
+RERUN_PREPROCESS = "rerun preprocess_hubert_f0.py"
+
+
+def load_filepaths(path: str | os.PathLike) -> list[str]:
+    """Wav paths of an upstream filelist: one per line, first `|`-separated field.
+
+    Blank lines are skipped and Windows separators become `/`, as upstream's
+    loader does before using the path.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(
+            f"{path}: cannot read the filelist ({error}); run preprocess_flist_config.py"
+        ) from error
+    paths = []
+    for line in lines:
+        first = line.strip().split("|")[0].strip()
+        if first:
+            paths.append(first.replace("\\", "/"))
+    return paths
+
+
+def spec_path_for(wav_path: str) -> str:
+    """Upstream's cache name `filename.replace(".wav", ".spec.pt")` (as preprocessing uses)."""
+    return wav_path.replace(".wav", ".spec.pt")
+
+
+def _option(section: Any, key: str, default: Any) -> Any:
+    """`section.key` if present, else `default` (for configs not run through the schema)."""
+    return section.get(key, default)
+
+
+def read_wav(path: str, max_wav_value: float) -> tuple[torch.Tensor, int]:
+    """Mono audio as float32 (T,) scaled like upstream (16-bit PCM / max_wav_value)."""
+    try:
+        info = soundfile.info(path)
+        if info.subtype == "PCM_16":
+            data, sampling_rate = soundfile.read(path, dtype="int16", always_2d=True)
+            audio = data.astype(np.float32) / np.float32(max_wav_value)
+        else:
+            audio, sampling_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (RuntimeError, ValueError, OSError) as error:
+        raise UserError(
+            f"{path}: cannot read the audio ({error}); rerun resample.py or remove it from "
+            "the filelist"
+        ) from error
+    if audio.shape[1] != 1:
+        raise UserError(f"{path}: {audio.shape[1]} channels, expected mono; rerun resample.py")
+    return torch.from_numpy(np.ascontiguousarray(audio[:, 0])), sampling_rate
+
+
+def _publish_once(obj: Any, path: str) -> bool:
+    """Atomically create `path` holding `obj` unless it already exists.
+
+    The bytes go to a hidden temporary file in the same folder, are synced, and
+    are hard-linked to `path`, which fails instead of overwriting when another
+    worker got there first. Returns False in that case. The temporary file is
+    always removed.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    folder, name = os.path.split(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp_name, path)
+        except FileExistsError:
+            return False
+        except OSError:
+            # Filesystems without hard links: an atomic rename (which could
+            # replace an identical file written meanwhile) is the best left.
+            if os.path.exists(path):
+                return False
+            os.replace(tmp_name, path)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+
+
+class TextAudioSpeakerLoader(torch.utils.data.Dataset):
+    """Items of one filelist: (content, f0, spec, audio, speaker id, uv, volume)."""
+
+    def __init__(
+        self,
+        audiopaths: str | os.PathLike,
+        hparams: Any,
+        all_in_mem: bool = False,
+        vol_aug: bool = True,
+    ) -> None:
+        self.audiopaths = load_filepaths(audiopaths)
+        self.hparams = hparams
+        data = hparams.data
+        self.max_wav_value = float(data.max_wav_value)
+        self.sampling_rate = int(data.sampling_rate)
+        self.filter_length = int(data.filter_length)
+        self.hop_length = int(data.hop_length)
+        self.win_length = int(data.win_length)
+        self.unit_interpolate_mode = _option(data, "unit_interpolate_mode", "left")
+        self.spk_map = hparams.spk
+        self.vol_emb = bool(_option(hparams.model, "vol_embedding", False))
+        self.vol_aug = bool(_option(hparams.train, "vol_aug", False)) and vol_aug
+        self.all_in_mem = all_in_mem
+        self.cache: list[Item] = []
+        if self.all_in_mem:
+            self.cache = [self.get_audio(path) for path in self.audiopaths]
+
+    # ----------------------------------------------------------------- loading
+
+    def _spectrogram(self, audio_norm: torch.Tensor) -> torch.Tensor:
+        """Linear magnitude spectrogram (F, frames) of (1, T) audio."""
+        spec = spectrogram_torch(
+            audio_norm, self.filter_length, self.sampling_rate, self.hop_length,
+            self.win_length, center=False,
+        )
+        return torch.squeeze(spec, 0)
+
+    def _load_spec(self, filename: str, audio_norm: torch.Tensor) -> torch.Tensor:
+        """The cached spectrogram, computing and caching it (once) when absent."""
+        spec_filename = spec_path_for(filename)
+        if not os.path.exists(spec_filename):
+            spec = self._spectrogram(audio_norm).contiguous()
+            if _publish_once(spec, spec_filename):
+                return spec
+        spec = load_torch_data(spec_filename)
+        bins = self.filter_length // 2 + 1
+        if not isinstance(spec, torch.Tensor) or spec.dim() != 2 or spec.shape[0] != bins:
+            raise UserError(
+                f"{spec_filename}: cached spectrogram has shape "
+                f"{tuple(getattr(spec, 'shape', ()))}, expected ({bins}, frames) for "
+                "data.filter_length; delete it (it is recomputed) or "
+                f"{RERUN_PREPROCESS}"
+            )
+        return spec.float()
+
+    def _load_content(self, filename: str) -> torch.Tensor:
+        content_path = filename + ".soft.pt"
+        content = load_torch_data(content_path)
+        if isinstance(content, torch.Tensor) and content.dim() == 3 and content.shape[0] == 1:
+            content = content.squeeze(0)
+        if not isinstance(content, torch.Tensor) or content.dim() != 2 or content.shape[1] == 0:
+            raise UserError(
+                f"{content_path}: expected a (1, ssl_dim, frames) tensor, found "
+                f"{tuple(getattr(content, 'shape', ()))}; {RERUN_PREPROCESS}"
+            )
+        return content.float()
+
+    def get_audio(self, filename: str) -> Item:
+        """Load one clip and its features, trimmed to a common frame count."""
+        filename = filename.replace("\\", "/")
+        audio, sampling_rate = read_wav(filename, self.max_wav_value)
+        if sampling_rate != self.sampling_rate:
+            raise UserError(
+                f"{filename}: sample rate {sampling_rate} Hz, but data.sampling_rate is "
+                f"{self.sampling_rate}; rerun resample.py --sr2 {self.sampling_rate}"
+            )
+        audio_norm = audio.unsqueeze(0)
+        spec = self._load_spec(filename, audio_norm)
+
+        speaker = os.path.basename(os.path.dirname(filename))
+        if speaker not in self.spk_map:
+            raise UserError(
+                f"{filename}: speaker folder {speaker!r} is not in the config's spk map; "
+                "add it to spk or rerun preprocess_flist_config.py"
+            )
+        spk = torch.LongTensor([int(self.spk_map[speaker])])
+
+        f0_values, uv_values = load_f0_uv(filename + ".f0.npy")
+        if f0_values.shape != uv_values.shape or f0_values.shape[0] == 0:
+            raise UserError(
+                f"{filename}.f0.npy: f0 has {f0_values.shape[0]} frames but uv has "
+                f"{uv_values.shape[0]}; {RERUN_PREPROCESS}"
+            )
+        f0 = torch.from_numpy(f0_values).float()
+        uv = torch.from_numpy(uv_values).float()
+
+        content = repeat_expand_2d(
+            self._load_content(filename), f0.shape[0], mode=self.unit_interpolate_mode
+        )
+
+        volume = None
+        if self.vol_emb:
+            volume_path = filename + ".vol.npy"
+            try:
+                volume_values = np.load(volume_path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as error:
+                raise UserError(
+                    f"{volume_path}: cannot read the volume ({error}); {RERUN_PREPROCESS} "
+                    "with model.vol_embedding on"
+                ) from error
+            volume = torch.from_numpy(np.asarray(volume_values, dtype=np.float32).reshape(-1))
+
+        frames = min(content.size(-1), spec.size(-1))
+        if abs(content.size(-1) - spec.size(-1)) >= LENGTH_TOLERANCE_FRAMES:
+            raise UserError(
+                f"{filename}: pitch has {content.size(-1)} frames but the spectrogram has "
+                f"{spec.size(-1)}; {RERUN_PREPROCESS} (and delete stale .spec.pt files)"
+            )
+        if abs(audio_norm.shape[1] - frames * self.hop_length) >= (
+            LENGTH_TOLERANCE_FRAMES * self.hop_length
+        ):
+            raise UserError(
+                f"{filename}: {audio_norm.shape[1]} samples do not match {frames} frames of "
+                f"data.hop_length {self.hop_length}; {RERUN_PREPROCESS}"
+            )
+        if volume is not None and volume.shape[0] < frames:
+            raise UserError(
+                f"{filename}.vol.npy: {volume.shape[0]} frames, expected {frames}; "
+                f"{RERUN_PREPROCESS}"
+            )
+        spec, content, f0, uv = spec[:, :frames], content[:, :frames], f0[:frames], uv[:frames]
+        audio_norm = audio_norm[:, : frames * self.hop_length]
+        if volume is not None:
+            volume = volume[:frames]
+        return content, f0, spec, audio_norm, spk, uv, volume
+
+    # ----------------------------------------------------------------- augmentation
+
+    def random_slice(
+        self,
+        content: torch.Tensor,
+        f0: torch.Tensor,
+        spec: torch.Tensor,
+        audio_norm: torch.Tensor,
+        spk: torch.Tensor,
+        uv: torch.Tensor,
+        volume: torch.Tensor | None,
+    ) -> Item:
+        """Loudness augmentation (half the time) and the 790-frame crop of long clips."""
+        if self.vol_aug and volume is not None and random.choice([True, False]):
+            max_amp = float(torch.max(torch.abs(audio_norm))) + 1e-5
+            max_shift = min(1.0, math.log10(1.0 / max_amp))
+            log10_vol_shift = random.uniform(-1.0, max_shift)
+            gain = 10**log10_vol_shift
+            audio_norm = audio_norm * gain
+            volume = volume * gain
+            spec = self._spectrogram(audio_norm)[:, : spec.shape[1]]
+
+        if spec.shape[1] > CROP_THRESHOLD_FRAMES:
+            start = random.randint(0, spec.shape[1] - CROP_THRESHOLD_FRAMES)
+            end = start + CROP_FRAMES
+            spec, content = spec[:, start:end], content[:, start:end]
+            f0, uv = f0[start:end], uv[start:end]
+            audio_norm = audio_norm[:, start * self.hop_length : end * self.hop_length]
+            if volume is not None:
+                volume = volume[start:end]
+        return content, f0, spec, audio_norm, spk, uv, volume
+
+    def __getitem__(self, index: int) -> Item:
+        item = self.cache[index] if self.all_in_mem else self.get_audio(self.audiopaths[index])
+        return self.random_slice(*item)
+
+    def __len__(self) -> int:
+        return len(self.audiopaths)
+
+
+def _pad_stack(tensors: Sequence[torch.Tensor], length: int) -> torch.Tensor:
+    """Zero-pad each tensor's last dimension to `length` and stack them."""
+    return torch.stack([F.pad(t, (0, length - t.shape[-1])) for t in tensors])
+
+
+class TextAudioCollate:
+    """Pad a list of items into a batch, longest first (upstream's order and layout).
+
+    Returns (c (B, C, T), f0 (B, T), spec (B, F, T), wav (B, 1, T * hop),
+    spkids (B, 1), lengths (B,), uv (B, T), volume (B, T) or None).
+    """
+
+    def __call__(self, batch: Sequence[Item | None]) -> tuple[Any, ...]:
+        rows = [item for item in batch if item is not None]
+        content_lengths = torch.LongTensor([item[0].shape[1] for item in rows])
+        lengths, order = torch.sort(content_lengths, dim=0, descending=True)
+        rows = [rows[i] for i in order.tolist()]
+        max_len = int(lengths[0])
+        max_wav_len = max(item[3].shape[1] for item in rows)
+
+        c_padded = _pad_stack([item[0].float() for item in rows], max_len)
+        f0_padded = _pad_stack([item[1].float() for item in rows], max_len)
+        spec_padded = _pad_stack([item[2].float() for item in rows], max_len)
+        wav_padded = _pad_stack([item[3].float() for item in rows], max_wav_len)
+        spkids = torch.stack([item[4].reshape(1).long() for item in rows])
+        uv_padded = _pad_stack([item[5].float() for item in rows], max_len)
+        volumes = [item[6] for item in rows]
+        volume_padded = (
+            None
+            if any(v is None for v in volumes)
+            else _pad_stack([v.float() for v in volumes], max_len)
+        )
+        return (
+            c_padded, f0_padded, spec_padded, wav_padded, spkids, lengths, uv_padded,
+            volume_padded,
+        )
+
+
+# --------------------------------------------------------------------------- data order
+
+
+def items_per_rank(num_items: int, num_replicas: int) -> int:
+    """Items each rank sees per epoch: the dataset padded up to a multiple of the ranks."""
+    return math.ceil(num_items / num_replicas) if num_items > 0 else 0
+
+
+def batches_per_epoch(num_items: int, num_replicas: int, batch_size: int) -> int:
+    """Batches (optimizer steps) each rank runs per epoch; the last batch may be short."""
+    if num_replicas < 1 or batch_size < 1:
+        raise ValueError("num_replicas and batch_size must be at least 1")
+    return math.ceil(items_per_rank(num_items, num_replicas) / batch_size)
+
+
+class DistributedEpochSampler(torch.utils.data.Sampler[int]):
+    """Per-epoch shuffled indices, split across ranks, resumable mid-epoch.
+
+    Each epoch draws one permutation of all items from a generator seeded with
+    `seed + epoch` (identical on every rank), pads it by repeating its first items
+    until its length is a multiple of `num_replicas`, and gives rank r the items
+    at positions r, r + R, r + 2R, ... So the ranks' shares are disjoint apart
+    from the padding repeats, and every rank yields the same number of items
+    and hence runs the same number of batches (DDP needs that: a rank that ran
+    out early would leave the others waiting in an all-reduce forever).
+
+    `set_epoch(epoch, skip)` selects the epoch and drops the first `skip` items
+    of this rank's share, for resuming exactly where a checkpoint left off.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        if num_items < 0:
+            raise ValueError("num_items must be 0 or more")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside range(num_replicas={num_replicas})")
+        self.num_items = num_items
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.skip = 0
+
+    @property
+    def items_per_rank(self) -> int:
+        """Items this rank yields in a whole epoch (before any skip)."""
+        return items_per_rank(self.num_items, self.num_replicas)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Choose the epoch's order; skip this rank's first `skip` items of it."""
+        if not 0 <= skip <= self.items_per_rank:
+            raise ValueError(f"skip {skip} is outside 0..{self.items_per_rank}")
+        self.epoch = epoch
+        self.skip = skip
+
+    def epoch_indices(self) -> list[int]:
+        """This rank's whole share of the current epoch, ignoring skip."""
+        if self.num_items == 0:
+            return []
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_items, generator=generator)
+        else:
+            order = torch.arange(self.num_items)
+        total = self.items_per_rank * self.num_replicas
+        if total > self.num_items:
+            order = order.repeat(math.ceil(total / self.num_items))[:total]
+        return order[self.rank : total : self.num_replicas].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_indices()[self.skip :])
+
+    def __len__(self) -> int:
+        return self.items_per_rank - self.skip
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def default_num_workers(all_in_mem: bool) -> int:
+    """Upstream's choice: 5 workers, or as many as there are CPUs if fewer; 0 with all_in_mem."""
+    if all_in_mem:
+        return 0
+    cpus = os.cpu_count() or 1
+    return 5 if cpus > 4 else cpus
+
+
+def resolve_num_workers(hps: Any) -> int:
+    """train.num_workers if set, else upstream's choice; never more than the CPUs."""
+    configured = _option(hps.train, "num_workers", None)
+    if configured is None:
+        configured = default_num_workers(bool(_option(hps.train, "all_in_mem", False)))
+    return max(0, min(int(configured), os.cpu_count() or 1))
+
+
+def make_train_loader(
+    dataset: torch.utils.data.Dataset,
+    hps: Any,
+    rank: int,
+    world_size: int,
+    seed: int,
+    device_type: str,
+) -> tuple[torch.utils.data.DataLoader, DistributedEpochSampler]:
+    """The training DataLoader of one rank and its sampler (call `set_epoch` each epoch).
+
+    `hps.train.batch_size` is per process. The last batch of an epoch is kept
+    even if short (drop_last=False, as upstream): with the small datasets this
+    tool is used with, dropping it would discard a noticeable share of the
+    clips every epoch, and all ranks still run the same number of batches.
+    Worker seeds come from a generator seeded by (seed, rank), so building the
+    loader never draws from the trainer's global torch RNG.
+    """
+    sampler = DistributedEpochSampler(
+        len(dataset), num_replicas=world_size, rank=rank, seed=seed, shuffle=True
+    )
+    num_workers = resolve_num_workers(hps)
+    generator = torch.Generator()
+    generator.manual_seed(seed * 1000 + rank)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=int(hps.train.batch_size),
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=TextAudioCollate(),
+        pin_memory=device_type == "cuda",
+        drop_last=False,
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )
+    return loader, sampler
+
+
+def make_eval_loader(
+    dataset: torch.utils.data.Dataset, hps: Any, device_type: str
+) -> torch.utils.data.DataLoader:
+    """The validation DataLoader: one clip per batch, file order, upstream's one worker.
+
+    A configured `train.num_workers` of 0 also keeps evaluation in-process.
+    """
+    configured = _option(hps.train, "num_workers", None)
+    num_workers = 0 if configured == 0 else min(1, os.cpu_count() or 1)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=1,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=TextAudioCollate(),
+        pin_memory=device_type == "cuda",
+        drop_last=False,
+        persistent_workers=num_workers > 0,
+    )

@@ -1,0 +1,1 @@
+"""Inference-time helpers: silence slicing and chunked voice conversion."""

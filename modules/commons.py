@@ -1,0 +1,134 @@
+"""Small tensor helpers shared by the so-vits-svc networks.
+
+Random numbers are drawn only through `torch.rand` / `torch.randn` (looked up
+at call time) so that tests can replace those functions and make every
+sampling step deterministic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def init_weights(module: nn.Module, mean: float = 0.0, std: float = 0.01) -> None:
+    """Draw conv weights from N(mean, std), as the HiFi-GAN recipe does.
+
+    On weight-normalised convs `module.weight` is recomputed from the
+    parametrisation, so writing into it changes nothing: upstream behaves the
+    same way (its init is a no-op there too), which keeps both identical.
+    """
+    if hasattr(module, "depth_conv") and hasattr(module, "point_conv"):
+        module.depth_conv.weight.data.normal_(mean, std)
+        module.point_conv.weight.data.normal_(mean, std)
+    elif "Conv" in module.__class__.__name__ and hasattr(module, "weight"):
+        module.weight.data.normal_(mean, std)
+
+
+def get_padding(kernel_size: int, dilation: int = 1) -> int:
+    """Padding that keeps the length of a stride-1 dilated convolution."""
+    return int((kernel_size * dilation - dilation) / 2)
+
+
+def convert_pad_shape(pad_shape: list[list[int]]) -> list[int]:
+    """Turn [[l, r] per dim, first dim first] into F.pad's flat last-dim-first list."""
+    return [item for pair in pad_shape[::-1] for item in pair]
+
+
+def sequence_mask(length: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
+    """Boolean mask (B, T): True for positions before each sequence's length."""
+    if max_length is None:
+        max_length = int(length.max())
+    positions = torch.arange(max_length, dtype=length.dtype, device=length.device)
+    return positions.unsqueeze(0) < length.unsqueeze(1)
+
+
+def subsequent_mask(length: int, device: torch.device | None = None) -> torch.Tensor:
+    """Causal (lower-triangular) attention mask of shape (1, 1, T, T)."""
+    return torch.tril(torch.ones(length, length, device=device)).unsqueeze(0).unsqueeze(0)
+
+
+def fused_add_tanh_sigmoid_multiply(
+    input_a: torch.Tensor, input_b: torch.Tensor, n_channels: int
+) -> torch.Tensor:
+    """WaveNet gate: tanh(first half of a+b) * sigmoid(second half of a+b)."""
+    summed = input_a + input_b
+    return torch.tanh(summed[:, :n_channels, :]) * torch.sigmoid(summed[:, n_channels:, :])
+
+
+def slice_segments(x: torch.Tensor, ids_str: torch.Tensor, segment_size: int = 4) -> torch.Tensor:
+    """Cut `segment_size` frames from the last axis of each batch item at ids_str."""
+    offsets = torch.arange(segment_size, device=x.device)
+    index = ids_str.to(device=x.device, dtype=torch.long).unsqueeze(-1) + offsets  # (B, S)
+    if x.dim() == 3:
+        index = index.unsqueeze(1).expand(-1, x.size(1), -1)
+    return torch.gather(x, -1, index)
+
+
+def rand_slice_segments(
+    x: torch.Tensor, x_lengths: torch.Tensor | int | None = None, segment_size: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random training windows of `segment_size` frames inside each valid length."""
+    batch = x.size(0)
+    if x_lengths is None:
+        x_lengths = x.size(-1)
+    ids_str_max = x_lengths - segment_size + 1
+    ids_str = (torch.rand([batch], device=x.device) * ids_str_max).to(dtype=torch.long)
+    return slice_segments(x, ids_str, segment_size), ids_str
+
+
+def rand_slice_segments_with_pitch(
+    x: torch.Tensor,
+    pitch: torch.Tensor,
+    x_lengths: torch.Tensor | int | None = None,
+    segment_size: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Like rand_slice_segments, also cutting the same window from pitch (B, T)."""
+    segment, ids_str = rand_slice_segments(x, x_lengths, segment_size)
+    return segment, slice_segments(pitch, ids_str, segment_size), ids_str
+
+
+def draw_randn(
+    shape: tuple[int, ...] | torch.Size,
+    generator: torch.Generator | None,
+    like: torch.Tensor,
+) -> torch.Tensor:
+    """Standard normal noise shaped `shape`, on like's device and dtype.
+
+    Goes through `torch.randn` (not *_like, which takes no generator) so a
+    local generator can replace the global stream.
+    """
+    return torch.randn(tuple(shape), generator=generator, dtype=like.dtype, device=like.device)
+
+
+def draw_rand(
+    shape: tuple[int, ...] | torch.Size,
+    generator: torch.Generator | None,
+    like: torch.Tensor,
+) -> torch.Tensor:
+    """Uniform [0, 1) noise shaped `shape`, on like's device and dtype."""
+    return torch.rand(tuple(shape), generator=generator, dtype=like.dtype, device=like.device)
+
+
+def kl_divergence(
+    m_p: torch.Tensor, logs_p: torch.Tensor, m_q: torch.Tensor, logs_q: torch.Tensor
+) -> torch.Tensor:
+    """Element-wise KL(P || Q) between diagonal Gaussians."""
+    kl = (logs_q - logs_p) - 0.5
+    return kl + 0.5 * (torch.exp(2.0 * logs_p) + (m_p - m_q) ** 2) * torch.exp(-2.0 * logs_q)
+
+
+def clip_grad_value_(
+    parameters: torch.Tensor | list[torch.Tensor], clip_value: float | None, norm_type: float = 2
+) -> float:
+    """Clamp gradients to +-clip_value (if given) and return their total norm."""
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm_type = float(norm_type)
+    total = 0.0
+    for grad in grads:
+        total += grad.data.norm(norm_type).item() ** norm_type
+        if clip_value is not None:
+            grad.data.clamp_(min=-float(clip_value), max=float(clip_value))
+    return total ** (1.0 / norm_type)

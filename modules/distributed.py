@@ -1,0 +1,232 @@
+"""Where training runs: processes, devices, backend and precision, decided once.
+
+Two ways in, one code path after:
+- `torchrun` (or any launcher that sets RANK, LOCAL_RANK and WORLD_SIZE): this
+  process joins the launcher's group; nothing is spawned.
+- plain `python train.py`: one process per visible GPU (capped by `--nprocs`),
+  or on a machine without GPUs `--nprocs` CPU processes (default 1), spawned
+  with `torch.multiprocessing` and meeting at localhost:`train.port`.
+
+The rest of the code asks a `Runtime` for its rank, device, autocast context
+and whether it is the main process, and never branches on the device itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+logger = logging.getLogger("so-vits-svc")
+
+TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One training process's place in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # None: full float32
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def uses_grad_scaler(self) -> bool:
+        """fp16 needs loss scaling; bf16 and float32 do not."""
+        return self.autocast_dtype == torch.float16
+
+    def autocast(self, enabled: bool = True) -> contextlib.AbstractContextManager:
+        """Mixed precision for this device, or a no-op in float32."""
+        if self.autocast_dtype is None or not enabled:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def to_device(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        """Move a batch tensor to this process's device (None stays None)."""
+        if tensor is None:
+            return None
+        return tensor.to(self.device, non_blocking=self.device.type == "cuda")
+
+
+def launched_by_torchrun() -> bool:
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def backend_for(device_type: str) -> str:
+    """NCCL for GPUs on Linux; gloo on Windows and on the CPU."""
+    if device_type == "cuda" and sys.platform != "win32" and dist.is_nccl_available():
+        return "nccl"
+    return "gloo"
+
+
+def choose_autocast_dtype(fp16_run: bool, half_type: str, device_type: str) -> torch.dtype | None:
+    """The config's precision (`fp16_run`, `half_type`) for this device.
+
+    fp16 autocast exists for GPUs; on the CPU it is slow and fragile, so there
+    fp16 falls back to bf16 with a warning.
+    """
+    if not fp16_run:
+        return None
+    if half_type == "bf16":
+        return torch.bfloat16
+    if device_type == "cpu":
+        logger.warning("fp16 is not supported for CPU training: using bf16 instead")
+        return torch.bfloat16
+    return torch.float16
+
+
+def count_processes(requested: int | None) -> tuple[int, str]:
+    """How many processes to run on this machine, and on which device type."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > 0:
+        return (min(gpus, requested) if requested else gpus), "cuda"
+    return (requested or 1), "cpu"
+
+
+def device_for(device_type: str, local_rank: int) -> torch.device:
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_runtime(
+    rank: int,
+    local_rank: int,
+    world_size: int,
+    device_type: str,
+    fp16_run: bool,
+    half_type: str,
+    timeout_minutes: float = 30.0,
+) -> Runtime:
+    """Join the process group (when there is more than one process) and describe this rank.
+
+    The rendezvous address comes from MASTER_ADDR/MASTER_PORT, which the
+    launcher or `spawn_workers` sets.
+    """
+    device = device_for(device_type, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend_for(device_type),
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+        )
+    return Runtime(
+        rank=rank,
+        local_rank=local_rank,
+        world_size=world_size,
+        device=device,
+        autocast_dtype=choose_autocast_dtype(fp16_run, half_type, device.type),
+    )
+
+
+def shutdown(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(runtime: Runtime, flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one (a collective)."""
+    if not runtime.distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=runtime.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def gather_objects(runtime: Runtime, obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not runtime.distributed:
+        return [obj]
+    gathered: list[Any] = [None] * runtime.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a request to stop after the current step.
+
+    A preempted job gets SIGTERM; Ctrl-C gives SIGINT. Either way the trainer
+    finishes the step it is in, saves, and exits 0. A second signal while
+    stopping is honoured at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._first_signal_time = 0.0
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        # Ctrl-C reaches a spawned worker twice (from the terminal and from the
+        # launcher that forwards it): only a signal well after the first forces.
+        if self.requested and time.monotonic() - self._first_signal_time > 2.0:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        if not self.requested:
+            self._first_signal_time = time.monotonic()
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+
+def spawn_workers(worker: Callable[..., None], nprocs: int, port: str | int, args: tuple) -> None:
+    """Run `worker(rank, *args)` in `nprocs` processes on this machine.
+
+    Signals sent to this parent are passed to the workers (which stop after the
+    current step). When a worker fails, the others are stopped within about a
+    minute and the failing worker's error is raised here.
+    """
+    os.environ.setdefault("MASTER_ADDR", "localhost")
+    os.environ["MASTER_PORT"] = str(port)
+    context = mp.start_processes(worker, args=args, nprocs=nprocs, join=False, start_method="spawn")
+
+    def forward(signum: int, frame: Any) -> None:
+        for process in context.processes:
+            if process.is_alive() and process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+
+    previous = {
+        signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        while not context.join(grace_period=20):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def rank_zero_first(runtime: Runtime) -> Iterator[None]:
+    """Let rank 0 do something (e.g. fill a cache) before the others."""
+    if runtime.distributed and not runtime.is_main:
+        dist.barrier()
+    yield
+    if runtime.distributed and runtime.is_main:
+        dist.barrier()

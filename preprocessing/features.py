@@ -1,0 +1,462 @@
+"""Training features for every wav of the dataset, as upstream's preprocess_hubert_f0.
+
+Per `X.wav` (upstream's order and formats): the audio is read at the config's
+sampling rate; content features come from the config's speech encoder on the
+audio resampled to 16 kHz (`X.wav.soft.pt`, a (1, ssl_dim, T) tensor); pitch and
+voicing from the f0 predictor at the config's hop (`X.wav.f0.npy`, upstream's
+pickled pair); the linear spectrogram of the audio with `center=False`
+(`X.spec.pt`, (filter_length // 2 + 1, frames)); and, when the model embeds
+volume, the frame volume (`X.wav.vol.npy`, 1-D float32).
+
+Outputs already on disk are kept only when they load and fit the current
+config (content width, frame counts, volume present when needed); everything
+else is recomputed and written atomically, so a killed run resumes cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import librosa
+import numpy as np
+import soundfile
+import torch
+
+from modules.errors import UserError
+from modules.safe_io import (
+    atomic_np_save,
+    atomic_torch_save,
+    load_f0_uv,
+    load_torch_data,
+    save_f0_uv,
+)
+from preprocessing.runner import ItemResult, RunSummary, run_parallel
+
+ENCODER_SR = 16000
+ENCODER_HOP = 320  # samples per content frame at 16 kHz (20 ms)
+MIN_ENCODER_SAMPLES = 400  # the first conv layer's receptive field at 16 kHz
+SILENCE_PEAK = 1e-4
+FRAME_TOLERANCE = 2
+F0_PREDICTORS = ("rmvpe", "dio", "harvest", "pm", "crepe", "fcpe")
+OUTPUT_SUFFIXES = (".soft.pt", ".f0.npy", ".spec.pt", ".vol.npy")
+
+# Per-process cache of the loaded models, filled by `init_worker` (the pool
+# initializer, or a direct call for in-process runs): models load once per
+# process, not once per file.
+_WORKER_MODELS: dict[str, Any] = {}
+
+
+class BadWavError(Exception):
+    """A dataset wav that cannot be used; its file is reported and skipped."""
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Everything a worker needs from the config and the command line."""
+
+    sampling_rate: int
+    hop_length: int
+    filter_length: int
+    win_length: int
+    ssl_dim: int
+    speech_encoder: str
+    vol_embedding: bool
+    f0_predictor: str
+    encoder_path: str | None
+    device: str
+    force: bool
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def soft_path(wav_path: str) -> str:
+    return wav_path + ".soft.pt"
+
+
+def f0_path(wav_path: str) -> str:
+    return wav_path + ".f0.npy"
+
+
+def spec_path(wav_path: str) -> str:
+    """Upstream's `filename.replace(".wav", ".spec.pt")`, which data loaders also use."""
+    return wav_path.replace(".wav", ".spec.pt")
+
+
+def vol_path(wav_path: str) -> str:
+    return wav_path + ".vol.npy"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _require(section: dict[str, Any], section_name: str, key: str, config_path: str) -> Any:
+    if key not in section:
+        raise UserError(
+            f"{config_path}: key {section_name}.{key} missing: rerun preprocess_flist_config.py"
+        )
+    return section[key]
+
+
+def load_settings(
+    config_path: str,
+    f0_predictor: str,
+    encoder_path: str | None = None,
+    device: str | None = None,
+    force: bool = False,
+) -> FeatureSettings:
+    """Read the keys feature extraction needs from `configs/config.json`."""
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except FileNotFoundError as error:
+        raise UserError(
+            f"{config_path}: config not found: run preprocess_flist_config.py first or pass -c"
+        ) from error
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{config_path}: cannot read the config ({error})") from error
+    data = config.get("data") if isinstance(config, dict) else None
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(data, dict) or not isinstance(model, dict):
+        raise UserError(
+            f"{config_path}: sections data/model missing: rerun preprocess_flist_config.py"
+        )
+    if f0_predictor not in F0_PREDICTORS:
+        raise UserError(
+            f"--f0_predictor {f0_predictor}: unknown predictor; choose one of "
+            + ", ".join(F0_PREDICTORS)
+        )
+    if encoder_path is not None and not Path(encoder_path).is_file():
+        raise UserError(f"--encoder_path {encoder_path}: file not found")
+    if device is None:
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    values = {
+        key: _require(data, "data", key, config_path)
+        for key in ("sampling_rate", "hop_length", "filter_length", "win_length")
+    }
+    for key, value in values.items():
+        if not isinstance(value, int) or value <= 0:
+            raise UserError(f"{config_path}: data.{key} must be a positive integer, got {value!r}")
+    ssl_dim = _require(model, "model", "ssl_dim", config_path)
+    if not isinstance(ssl_dim, int) or ssl_dim <= 0:
+        raise UserError(f"{config_path}: model.ssl_dim must be a positive integer, got {ssl_dim!r}")
+    return FeatureSettings(
+        sampling_rate=values["sampling_rate"],
+        hop_length=values["hop_length"],
+        filter_length=values["filter_length"],
+        win_length=values["win_length"],
+        ssl_dim=ssl_dim,
+        speech_encoder=str(_require(model, "model", "speech_encoder", config_path)),
+        vol_embedding=bool(model.get("vol_embedding", False)),
+        f0_predictor=f0_predictor,
+        encoder_path=encoder_path,
+        device=str(device),
+        force=force,
+    )
+
+
+# --------------------------------------------------------------------------- expected shapes
+
+
+def spec_frames(num_samples: int, filter_length: int, hop_length: int) -> int:
+    """Frames of `spectrogram_torch(center=False)`: reflect-padded by (n_fft - hop) / 2 a side."""
+    pad = int((filter_length - hop_length) / 2)
+    return (num_samples + 2 * pad - filter_length) // hop_length + 1
+
+
+def encoder_samples(num_samples: int, sampling_rate: int) -> int:
+    """Length of the audio after resampling to 16 kHz (soxr keeps ceil(n * ratio))."""
+    return math.ceil(num_samples * ENCODER_SR / sampling_rate)
+
+
+def _check_soft(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
+    """None when the stored content features fit; otherwise why they must be recomputed."""
+    if not os.path.exists(path):
+        return "missing"
+    try:
+        content = load_torch_data(path)
+    except UserError as error:
+        return str(error)
+    if not isinstance(content, torch.Tensor) or content.dim() != 3 or content.shape[0] != 1:
+        return "not a (1, dim, frames) tensor"
+    if content.shape[1] != settings.ssl_dim:
+        return f"width {content.shape[1]} != model.ssl_dim {settings.ssl_dim}"
+    expected = encoder_samples(num_samples, settings.sampling_rate) / ENCODER_HOP
+    if abs(content.shape[2] - expected) > FRAME_TOLERANCE:
+        return f"{content.shape[2]} frames, expected about {expected:.0f}"
+    if not torch.isfinite(content).all():
+        return "non-finite values"
+    return None
+
+
+def _check_f0(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
+    if not os.path.exists(path):
+        return "missing"
+    try:
+        f0, uv = load_f0_uv(path)
+    except UserError as error:
+        return str(error)
+    expected = num_samples // settings.hop_length
+    if abs(len(f0) - expected) > 1:
+        return f"{len(f0)} pitch frames, expected {expected}"
+    if not (np.all(np.isfinite(f0)) and np.all(np.isfinite(uv))):
+        return "non-finite values"
+    return None
+
+
+def _check_spec(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
+    if not os.path.exists(path):
+        return "missing"
+    try:
+        spec = load_torch_data(path)
+    except UserError as error:
+        return str(error)
+    expected = (
+        settings.filter_length // 2 + 1,
+        spec_frames(num_samples, settings.filter_length, settings.hop_length),
+    )
+    if not isinstance(spec, torch.Tensor) or tuple(spec.shape) != expected:
+        return f"shape {tuple(getattr(spec, 'shape', ()))}, expected {expected}"
+    if not torch.isfinite(spec).all():
+        return "non-finite values"
+    return None
+
+
+def _check_vol(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
+    if not os.path.exists(path):
+        return "missing"
+    try:
+        volume = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        return f"unreadable ({error})"
+    expected = num_samples // settings.hop_length
+    if volume.ndim != 1 or abs(volume.shape[0] - expected) > 1:
+        return f"shape {volume.shape}, expected ({expected},)"
+    if not np.all(np.isfinite(volume)):
+        return "non-finite values"
+    return None
+
+
+def stale_outputs(wav_path: str, settings: FeatureSettings, num_samples: int) -> dict[str, str]:
+    """Which outputs must be (re)computed, mapped to the reason; empty when all fit."""
+    checks = {
+        "soft": (soft_path(wav_path), _check_soft),
+        "f0": (f0_path(wav_path), _check_f0),
+        "spec": (spec_path(wav_path), _check_spec),
+    }
+    if settings.vol_embedding:
+        checks["vol"] = (vol_path(wav_path), _check_vol)
+    stale: dict[str, str] = {}
+    for name, (path, check) in checks.items():
+        reason = "recompute requested (--force)" if settings.force else check(
+            path, settings, num_samples
+        )
+        if reason is not None:
+            stale[name] = reason
+    return stale
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def read_dataset_wav(path: str, sampling_rate: int) -> np.ndarray:
+    """Read a dataset wav as float32 in [-1, 1); refuse what training could not use."""
+    try:
+        info = soundfile.info(path)
+        data, file_sr = soundfile.read(path, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError, OSError) as error:
+        raise BadWavError(f"unreadable audio ({error})") from error
+    if file_sr != sampling_rate:
+        raise BadWavError(
+            f"sample rate {file_sr} Hz, config wants {sampling_rate} Hz: "
+            f"rerun resample.py --sr2 {sampling_rate}"
+        )
+    if info.channels != 1:
+        raise BadWavError(f"{info.channels} channels, expected mono: rerun resample.py")
+    wav = np.ascontiguousarray(data[:, 0])
+    if wav.size == 0:
+        raise BadWavError("empty (no samples)")
+    if not np.all(np.isfinite(wav)):
+        raise BadWavError("contains NaN or infinite samples")
+    if float(np.abs(wav).max()) < SILENCE_PEAK:
+        raise BadWavError("silent (peak below -80 dBFS)")
+    return wav
+
+
+def _too_short_reason(num_samples: int, settings: FeatureSettings) -> str | None:
+    if num_samples < 2 * settings.hop_length or num_samples < settings.filter_length // 2:
+        return f"too short ({num_samples} samples, need at least {2 * settings.hop_length})"
+    if encoder_samples(num_samples, settings.sampling_rate) < MIN_ENCODER_SAMPLES:
+        return "too short for the speech encoder (under 25 ms)"
+    return None
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def init_worker(settings: FeatureSettings) -> None:
+    """Load the speech encoder and f0 predictor once in this process (pool initializer).
+
+    Failures are stored, not raised, so every task can report them as fatal
+    instead of the pool breaking with an opaque error.
+    """
+    _WORKER_MODELS.clear()
+    torch.set_num_threads(1)
+    try:
+        from modules.f0_predictors import get_f0_predictor
+        from modules.speech_encoders import load_speech_encoder
+
+        encoder = load_speech_encoder(
+            settings.speech_encoder, weights_path=settings.encoder_path, device=settings.device
+        )
+        if int(encoder.dim) != settings.ssl_dim:
+            raise UserError(
+                f"model.ssl_dim is {settings.ssl_dim} but the {settings.speech_encoder} encoder "
+                f"gives {encoder.dim}-wide features: set model.ssl_dim to {encoder.dim} in the "
+                "config or rerun preprocess_flist_config.py with the right --speech_encoder"
+            )
+        predictor = get_f0_predictor(
+            settings.f0_predictor,
+            hop_length=settings.hop_length,
+            sampling_rate=settings.sampling_rate,
+            device=settings.device,
+            threshold=0.05,
+        )
+    except UserError as error:
+        _WORKER_MODELS["error"] = str(error)
+        return
+    except (ImportError, OSError, RuntimeError, ValueError, KeyError) as error:
+        _WORKER_MODELS["error"] = (
+            f"cannot load the {settings.speech_encoder} encoder or the {settings.f0_predictor} "
+            f"predictor ({type(error).__name__}: {error})"
+        )
+        return
+    _WORKER_MODELS.update(settings=settings, encoder=encoder, predictor=predictor)
+
+
+def process_wav(wav_path: str) -> ItemResult:
+    """Compute the missing or outdated features of one wav; a bad file is a failed result."""
+    if "error" in _WORKER_MODELS:
+        return ItemResult(wav_path, "failed", reason=_WORKER_MODELS["error"], fatal=True)
+    settings: FeatureSettings = _WORKER_MODELS["settings"]
+    try:
+        info = soundfile.info(wav_path)
+        stale = stale_outputs(wav_path, settings, int(info.frames))
+        if not stale and info.samplerate == settings.sampling_rate and info.channels == 1:
+            return ItemResult(wav_path, "skipped")
+        wav = read_dataset_wav(wav_path, settings.sampling_rate)
+        reason = _too_short_reason(wav.shape[0], settings)
+        if reason is not None:
+            raise BadWavError(reason)
+        written = compute_features(wav_path, wav, settings, sorted(stale), _WORKER_MODELS)
+    except (BadWavError, UserError) as error:
+        return ItemResult(wav_path, "failed", reason=str(error))
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        return ItemResult(wav_path, "failed", reason=f"{type(error).__name__}: {error}")
+    except OSError as error:
+        return ItemResult(wav_path, "failed", reason=f"cannot write: {error}")
+    return ItemResult(wav_path, "done", outputs=tuple(written))
+
+
+def compute_features(
+    wav_path: str,
+    wav: np.ndarray,
+    settings: FeatureSettings,
+    which: list[str],
+    models: dict[str, Any],
+) -> list[str]:
+    """Compute and atomically write the named outputs (`soft`, `f0`, `spec`, `vol`) in order."""
+    from modules.mel_processing import spectrogram_torch
+
+    written: list[str] = []
+    audio_norm = torch.from_numpy(wav).unsqueeze(0)
+    if "soft" in which:
+        wav16k = librosa.resample(wav, orig_sr=settings.sampling_rate, target_sr=ENCODER_SR)
+        with torch.inference_mode():
+            content = models["encoder"].encode(torch.from_numpy(wav16k).to(settings.device))
+        content = content.detach().to("cpu", torch.float32).contiguous().clone()
+        if content.dim() != 3 or content.shape[1] != settings.ssl_dim:
+            raise RuntimeError(f"encoder returned shape {tuple(content.shape)}")
+        atomic_torch_save(content, soft_path(wav_path))
+        written.append(soft_path(wav_path))
+    if "f0" in which:
+        f0, uv = models["predictor"].compute_f0_uv(wav)
+        save_f0_uv(f0_path(wav_path), np.asarray(f0), np.asarray(uv))
+        written.append(f0_path(wav_path))
+    if "spec" in which:
+        spec = spectrogram_torch(
+            audio_norm,
+            settings.filter_length,
+            settings.sampling_rate,
+            settings.hop_length,
+            settings.win_length,
+            center=False,
+        )
+        spec = torch.squeeze(spec, 0).contiguous().clone()
+        atomic_torch_save(spec, spec_path(wav_path))
+        written.append(spec_path(wav_path))
+    if "vol" in which:
+        from modules.f0_utils import VolumeExtractor
+
+        volume = VolumeExtractor(settings.hop_length).extract(audio_norm)
+        volume_np = np.asarray(torch.as_tensor(volume).detach().cpu().numpy(), dtype=np.float32)
+        atomic_np_save(vol_path(wav_path), volume_np.reshape(-1))
+        written.append(vol_path(wav_path))
+    return written
+
+
+# --------------------------------------------------------------------------- whole run
+
+
+def find_wavs(in_dir: str) -> list[str]:
+    """`<in_dir>/<speaker>/*.wav`, as upstream globs it, sorted."""
+    root = Path(in_dir)
+    if not root.is_dir():
+        raise UserError(
+            f"{in_dir}: dataset folder not found: run resample.py first or pass --in_dir"
+        )
+    wavs = [
+        str(path)
+        for speaker in sorted(root.iterdir())
+        if speaker.is_dir() and not speaker.name.startswith(".")
+        for path in sorted(speaker.glob("*.wav"))
+        if not path.name.startswith(".") and path.is_file()
+    ]
+    if not wavs:
+        raise UserError(f"{in_dir}: no <speaker>/*.wav files: run resample.py first")
+    return wavs
+
+
+def remove_stale_temp_files(wav_paths: list[str]) -> int:
+    """Delete temporary files a killed run left beside the wavs (`.X.wav.soft.pt.*.tmp`)."""
+    removed = 0
+    for folder in sorted({os.path.dirname(path) for path in wav_paths}):
+        for leftover in Path(folder).glob(".*.tmp"):
+            name = leftover.name
+            if any(f"{suffix}." in name for suffix in OUTPUT_SUFFIXES):
+                leftover.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def extract_dataset_features(
+    in_dir: str, settings: FeatureSettings, num_processes: int = 1
+) -> RunSummary:
+    """Compute features for every wav under `in_dir`; bad files are reported, never fatal."""
+    wavs = find_wavs(in_dir)
+    remove_stale_temp_files(wavs)
+    results = run_parallel(
+        process_wav,
+        wavs,
+        wavs,
+        num_processes=num_processes,
+        description="features",
+        initializer=init_worker,
+        initargs=(settings,),
+    )
+    return RunSummary(title="features", results=results)

@@ -1,0 +1,162 @@
+"""Shared machinery for the preprocessing commands: parallel runs, summaries, CLI exits.
+
+Every command processes many independent files. One bad file must never stop
+the run, so each task returns an `ItemResult` instead of raising, and the run
+ends with a summary that names every failure and its reason.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from tqdm import tqdm
+
+from modules.errors import UserError
+
+Status = Literal["done", "skipped", "failed"]
+JobT = TypeVar("JobT")
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """What happened to one input file.
+
+    `fatal` marks a failure that is not about the file (a model that cannot be
+    loaded, a config that does not fit): the run stops with that message.
+    """
+
+    source: str
+    status: Status
+    reason: str = ""
+    outputs: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    fatal: bool = False
+
+
+@dataclass
+class RunSummary:
+    """Counts and failure reasons of a whole run, printed at its end."""
+
+    title: str
+    results: list[ItemResult] = field(default_factory=list)
+
+    def with_status(self, status: Status) -> list[ItemResult]:
+        """The results that ended with `status`, in input order."""
+        return [result for result in self.results if result.status == status]
+
+    @property
+    def done(self) -> int:
+        return len(self.with_status("done"))
+
+    @property
+    def skipped(self) -> int:
+        return len(self.with_status("skipped"))
+
+    @property
+    def failed(self) -> int:
+        return len(self.with_status("failed"))
+
+    def format(self) -> str:
+        """A human summary: one count line, then one line per failure and per note."""
+        lines = [
+            f"{self.title}: {self.done} done, {self.skipped} skipped (already done), "
+            f"{self.failed} failed"
+        ]
+        for result in self.results:
+            for note in result.notes:
+                lines.append(f"  note: {result.source}: {note}")
+        for result in self.with_status("failed"):
+            lines.append(f"  failed: {result.source}: {result.reason}")
+        return "\n".join(lines)
+
+
+def _crash_result(source: str, error: BaseException) -> ItemResult:
+    text = str(error).splitlines()[0] if str(error) else ""
+    reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return ItemResult(source=source, status="failed", reason=reason)
+
+
+def run_parallel(
+    task: Callable[[JobT], ItemResult],
+    jobs: Sequence[JobT],
+    sources: Sequence[str],
+    num_processes: int,
+    description: str,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> list[ItemResult]:
+    """Run `task` over `jobs` with a tqdm bar and return one result per job, in job order.
+
+    With one process (or one job) everything runs here, which keeps small runs
+    cheap and debuggable; otherwise a spawn-context pool is used, whose workers
+    run `initializer(*initargs)` once (to load models once per process). A
+    result marked `fatal` stops the run with a `UserError` carrying its reason.
+    `sources` names each job in results produced for crashed workers.
+    """
+    if len(jobs) != len(sources):
+        raise ValueError("jobs and sources must have the same length")
+    results: list[ItemResult | None] = [None] * len(jobs)
+    progress = tqdm(total=len(jobs), desc=description, unit="file", file=sys.stderr)
+    try:
+        if num_processes <= 1 or len(jobs) <= 1:
+            if initializer is not None:
+                initializer(*initargs)
+            for index, job in enumerate(jobs):
+                try:
+                    result = task(job)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as error:  # a task bug must not end the run
+                    result = _crash_result(sources[index], error)
+                _raise_if_fatal(result)
+                results[index] = result
+                progress.update(1)
+        else:
+            context = multiprocessing.get_context("spawn")
+            workers = min(num_processes, len(jobs))
+            with ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=context,
+                initializer=initializer,
+                initargs=initargs,
+            ) as pool:
+                futures = {pool.submit(task, job): index for index, job in enumerate(jobs)}
+                try:
+                    for future in as_completed(futures):
+                        index = futures[future]
+                        try:
+                            result = future.result()
+                        except BrokenProcessPool as error:
+                            result = _crash_result(sources[index], error)
+                        except Exception as error:  # surfaced from the worker
+                            result = _crash_result(sources[index], error)
+                        _raise_if_fatal(result)
+                        results[index] = result
+                        progress.update(1)
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+    finally:
+        progress.close()
+    return [result for result in results if result is not None]
+
+
+def _raise_if_fatal(result: ItemResult) -> None:
+    if result.fatal:
+        raise UserError(result.reason)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Call an entry point's `main`, turning a `UserError` into one line on stderr and exit 2."""
+    try:
+        return main(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

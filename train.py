@@ -1,0 +1,689 @@
+"""Train a so-vits-svc 4.1 voice: `python train.py -c configs/config.json -m 44k`.
+
+Rerunning the same command resumes. The model folder is `./logs/<name>`;
+`tensorboard --logdir logs` shows the run. Under `torchrun` every process joins
+the launcher's group; otherwise this script starts one process per GPU (or
+`--nprocs` CPU processes) itself.
+
+Reading order: `main` (checks, then launch) -> `train_worker` (one process:
+build everything, resume, loop over epochs) -> `Trainer.train_step` (one GAN
+update, as upstream: discriminator, then generator) -> `Trainer.evaluate` and
+`Trainer.save`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+import utils
+from data_utils import (
+    TextAudioSpeakerLoader,
+    make_eval_loader,
+    make_train_loader,
+)
+from models import MultiPeriodDiscriminator, SynthesizerTrn
+from modules import commons
+from modules.config_schema import validate_config
+from modules.dataset_check import check_filelists, raise_if_problems
+from modules.distributed import (
+    Runtime,
+    StopRequest,
+    any_rank,
+    count_processes,
+    gather_objects,
+    init_runtime,
+    launched_by_torchrun,
+    shutdown,
+    spawn_workers,
+)
+from modules.errors import UserError
+from modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
+from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
+from modules.train_state import TrainState, capture_rng_state, restore_rng_state
+
+logger = logging.getLogger("so-vits-svc")
+REPO_DIR = Path(__file__).resolve().parent
+
+MAX_CONSECUTIVE_NONFINITE = 20
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Losses stayed non-finite: training stops, the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-c", "--config", default="./configs/config.json", help="config JSON")
+    parser.add_argument("-m", "--model", required=True, help="model name: logs/<name>")
+    parser.add_argument(
+        "--nprocs",
+        type=int,
+        default=None,
+        help="processes on this machine: caps the GPUs used; CPU processes without GPUs "
+        "(default: every GPU, or 1 on the CPU)",
+    )
+    parser.add_argument(
+        "--max_steps",
+        type=int,
+        default=None,
+        help="stop (with a checkpoint) once this global step is done",
+    )
+    return parser.parse_args(argv)
+
+
+def prepare_run(args: argparse.Namespace) -> tuple[utils.HParams, dict[str, Any]]:
+    """Check the config and data, make the model folder, copy the config into it.
+
+    Everything a user can get wrong is found here, before any process starts,
+    and reported in one error listing every problem.
+    """
+    raw_config = utils.read_config_json(args.config)
+    config, messages = validate_config(raw_config, str(args.config))
+    model_dir = Path("logs") / args.model
+    model_dir.mkdir(parents=True, exist_ok=True)
+    utils.get_logger(model_dir)
+    for message in messages:
+        logger.info("%s", message)
+    hps = utils.HParams(**config)
+    hps.model_dir = str(model_dir)
+    raise_if_problems(check_filelists(hps))
+    (model_dir / "config.json").write_text(json.dumps(raw_config, indent=2), encoding="utf-8")
+    utils.record_git_revision(REPO_DIR, model_dir)
+    return hps, config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        hps, config = prepare_run(args)
+        # Fail here, once, if the checkpoints cannot be resumed from.
+        utils.find_resume_point(hps.model_dir)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if launched_by_torchrun():
+        rank = int(os.environ["RANK"])
+        local_rank = int(os.environ["LOCAL_RANK"])
+        world_size = int(os.environ["WORLD_SIZE"])
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        train_worker(
+            local_rank, config, hps.model_dir, args.max_steps, device_type, world_size, rank
+        )
+        return 0
+    nprocs, device_type = count_processes(args.nprocs)
+    if nprocs == 1:
+        train_worker(0, config, hps.model_dir, args.max_steps, device_type, 1, 0)
+    else:
+        logger.info("starting %d %s processes", nprocs, device_type)
+        try:
+            spawn_workers(
+                train_worker,
+                nprocs,
+                hps.train.port,
+                (config, hps.model_dir, args.max_steps, device_type, nprocs, None),
+            )
+        except torch.multiprocessing.ProcessException as error:
+            print(f"error: a training process failed:{error}", file=sys.stderr)
+            return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- one process
+
+
+def build_generator(hps: utils.HParams) -> SynthesizerTrn:
+    """The generator as upstream builds it, with the sine source at the data's rate."""
+    model_options = {**hps.model.to_dict(), "sampling_rate": hps.data.sampling_rate}
+    return SynthesizerTrn(
+        hps.data.filter_length // 2 + 1,
+        hps.train.segment_size // hps.data.hop_length,
+        **model_options,
+    )
+
+
+def train_worker(
+    local_rank: int,
+    config: dict[str, Any],
+    model_dir: str,
+    max_steps: int | None,
+    device_type: str,
+    world_size: int,
+    rank: int | None,
+) -> None:
+    """One training process: everything from building the models to the last epoch."""
+    rank = local_rank if rank is None else rank
+    hps = utils.HParams(**config)
+    hps.model_dir = model_dir
+    if rank == 0:
+        utils.get_logger(model_dir)
+    else:
+        logging.getLogger("so-vits-svc").setLevel(logging.WARNING)
+    runtime = init_runtime(
+        rank,
+        local_rank,
+        world_size,
+        device_type,
+        hps.train.fp16_run,
+        hps.train.get("half_type", "fp16"),
+    )
+    stop_request = StopRequest()
+    stop_request.install()
+    try:
+        trainer = Trainer(hps, runtime, stop_request, max_steps)
+        trainer.fit()
+    finally:
+        shutdown(runtime)
+
+
+class Trainer:
+    """The run's state and the steps that change it."""
+
+    def __init__(
+        self,
+        hps: utils.HParams,
+        runtime: Runtime,
+        stop_request: StopRequest,
+        max_steps: int | None,
+    ) -> None:
+        self.hps = hps
+        self.runtime = runtime
+        self.stop_request = stop_request
+        self.max_steps = max_steps
+        self.model_dir = Path(hps.model_dir)
+        seed = int(hps.train.seed)
+        # Every rank draws its own crops, dropout and noise; DDP copies rank 0's
+        # initial weights to the others.
+        torch.manual_seed(seed + runtime.rank)
+        random.seed(seed + runtime.rank)
+        np.random.seed(seed + runtime.rank)
+
+        self.train_dataset = TextAudioSpeakerLoader(
+            hps.data.training_files, hps, all_in_mem=hps.train.get("all_in_mem", False)
+        )
+        self.train_loader, self.sampler = make_train_loader(
+            self.train_dataset, hps, runtime.rank, runtime.world_size, seed, runtime.device.type
+        )
+        self.eval_loader = None
+        if runtime.is_main:
+            eval_dataset = TextAudioSpeakerLoader(
+                hps.data.validation_files,
+                hps,
+                all_in_mem=hps.train.get("all_in_mem", False),
+                vol_aug=False,
+            )
+            self.eval_loader = make_eval_loader(eval_dataset, hps, runtime.device.type)
+        self.batches_per_epoch = len(self.train_loader)
+
+        device = runtime.device
+        self.net_g = build_generator(hps).to(device)
+        self.net_d = MultiPeriodDiscriminator(hps.model.use_spectral_norm).to(device)
+        betas, eps = tuple(hps.train.betas), hps.train.eps
+        self.optim_g = torch.optim.AdamW(
+            self.net_g.parameters(), hps.train.learning_rate, betas=betas, eps=eps
+        )
+        self.optim_d = torch.optim.AdamW(
+            self.net_d.parameters(), hps.train.learning_rate, betas=betas, eps=eps
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.uses_grad_scaler)
+        self.state = TrainState(world_size=runtime.world_size, seed=seed)
+        self.resume()
+        self.scheduler_g = self._make_scheduler(self.optim_g, self.state.scheduler_g)
+        self.scheduler_d = self._make_scheduler(self.optim_d, self.state.scheduler_d)
+
+        self.uses_f0_predictor = bool(self.net_g.use_automatic_f0_prediction)
+        if runtime.distributed:
+            device_ids = [runtime.local_rank] if device.type == "cuda" else None
+            self.net_g = DistributedDataParallel(self.net_g, device_ids=device_ids)
+            self.net_d = DistributedDataParallel(self.net_d, device_ids=device_ids)
+        self.writer = self.writer_eval = None
+        if runtime.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(self.model_dir))
+            self.writer_eval = SummaryWriter(log_dir=str(self.model_dir / "eval"))
+        self.consecutive_nonfinite = 0
+
+    # ----------------------------------------------------------------- resume
+
+    def _make_scheduler(
+        self, optimizer: torch.optim.Optimizer, saved: dict[str, Any]
+    ) -> torch.optim.lr_scheduler.ExponentialLR:
+        """ExponentialLR by `lr_decay` per epoch: restored exactly, or placed as upstream's.
+
+        A saved schedule is rebuilt without touching the optimizer's restored
+        learning rate; otherwise, as upstream, the schedule starts at
+        `last_epoch = epoch - 2`.
+        """
+        decay = self.hps.train.lr_decay
+        if saved:
+            scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay)
+            scheduler.load_state_dict(saved)
+            return scheduler
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", self.hps.train.learning_rate)
+        return torch.optim.lr_scheduler.ExponentialLR(
+            optimizer, gamma=decay, last_epoch=self.state.epoch - 2
+        )
+
+    def resume(self) -> None:
+        """Continue from the newest usable G/D pair, fine-tune from a base model, or start."""
+        point = utils.find_resume_point(self.model_dir)
+        if point is None:
+            logger.info("no checkpoint in %s: starting a new run", self.model_dir)
+            self.state.step = -1
+            return
+        if point.is_base_model:
+            logger.info("fine-tuning from the base models %s and %s", point.g_path, point.d_path)
+            utils.load_checkpoint(
+                point.g_path, self.net_g, self.optim_g, checkpoint=point.g_checkpoint
+            )
+            utils.load_checkpoint(
+                point.d_path, self.net_d, self.optim_d, checkpoint=point.d_checkpoint
+            )
+            for optimizer in (self.optim_g, self.optim_d):
+                for group in optimizer.param_groups:
+                    group["lr"] = self.hps.train.learning_rate
+                    group["initial_lr"] = self.hps.train.learning_rate
+            self.state.step, self.state.epoch = 0, 1
+            return
+        _, _, _, epoch = utils.load_checkpoint(
+            point.g_path, self.net_g, self.optim_g, strict=True, checkpoint=point.g_checkpoint
+        )
+        utils.load_checkpoint(
+            point.d_path, self.net_d, self.optim_d, strict=True, checkpoint=point.d_checkpoint
+        )
+        saved_state = point.g_checkpoint.get("train_state")
+        if isinstance(saved_state, dict):
+            self.state = TrainState.from_dict(saved_state)
+            if self.state.world_size == self.runtime.world_size and self.state.rng_per_rank:
+                restore_rng_state(self.state.rng_per_rank[self.runtime.rank], self.runtime.device)
+            else:
+                logger.warning(
+                    "resuming with %d processes where the checkpoint had %d: training "
+                    "continues, but not bit-for-bit as an uninterrupted run",
+                    self.runtime.world_size,
+                    self.state.world_size,
+                )
+            if self.state.scaler and self.runtime.uses_grad_scaler:
+                self.scaler.load_state_dict(self.state.scaler)
+        else:
+            # An upstream checkpoint: its epoch, and upstream's next step.
+            self.state = TrainState(
+                step=point.step,
+                epoch=max(1, epoch),
+                batches_done_in_epoch=0,
+                world_size=self.runtime.world_size,
+                seed=self.state.seed,
+            )
+        logger.info(
+            "resuming from %s at step %d, epoch %d",
+            point.g_path.name,
+            self.state.step,
+            self.state.epoch,
+        )
+
+    # ----------------------------------------------------------------- loop
+
+    def fit(self) -> None:
+        """Run epochs until `train.epochs`, `--max_steps`, a stop signal, or a failure."""
+        hps, state = self.hps, self.state
+        if self.max_steps is not None and state.step >= self.max_steps:
+            logger.info(
+                "step %d already reaches --max_steps %d: nothing to do", state.step, self.max_steps
+            )
+            return
+        warmup_epochs = hps.train.get("warmup_epochs", 0)
+        start_epoch = state.epoch
+        for epoch in range(start_epoch, hps.train.epochs + 1):
+            state.epoch = epoch
+            if epoch <= warmup_epochs:
+                warm_lr = hps.train.learning_rate / warmup_epochs * epoch
+                for optimizer in (self.optim_g, self.optim_d):
+                    for group in optimizer.param_groups:
+                        group["lr"] = warm_lr
+            skip = state.batches_done_in_epoch if epoch == start_epoch else 0
+            finished = self.train_epoch(epoch, skip)
+            if not finished:
+                return
+            self.scheduler_g.step()
+            self.scheduler_d.step()
+            state.batches_done_in_epoch = 0
+        if self.runtime.is_main:
+            logger.info("finished %d epochs", hps.train.epochs)
+
+    def train_epoch(self, epoch: int, skip_batches: int) -> bool:
+        """One pass over this rank's share; False when training must stop early."""
+        self.sampler.set_epoch(epoch, skip=skip_batches * self.hps.train.batch_size)
+        started = time.time()
+        progress = None
+        if self.runtime.is_main:
+            from tqdm import tqdm
+
+            progress = tqdm(
+                total=self.batches_per_epoch,
+                initial=skip_batches,
+                desc=f"epoch {epoch}",
+                leave=False,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
+        batch_index = skip_batches
+        for batch in self.train_loader:
+            self.state.step += 1
+            self.state.batches_done_in_epoch = batch_index + 1
+            losses = self.train_step(batch)
+            step = self.state.step
+            if self.runtime.is_main and step % self.hps.train.log_interval == 0:
+                self.log_training(epoch, batch_index, losses)
+            stop = any_rank(self.runtime, self.stop_request.requested)
+            at_limit = self.max_steps is not None and step >= self.max_steps
+            if step % self.hps.train.eval_interval == 0 or stop or at_limit:
+                if self.runtime.is_main and step % self.hps.train.eval_interval == 0:
+                    self.evaluate()
+                self.save()
+            if progress is not None:
+                progress.update(1)
+            batch_index += 1
+            if stop or at_limit:
+                if progress is not None:
+                    progress.close()
+                reason = (
+                    f"{self.stop_request.signal_name or 'stop'} received"
+                    if stop
+                    else f"reached --max_steps {self.max_steps}"
+                )
+                logger.info("%s: saved step %d, exiting", reason, step)
+                return False
+        if progress is not None:
+            progress.close()
+        if self.runtime.is_main:
+            logger.info("====> Epoch: %d, cost %.2f s", epoch, time.time() - started)
+        return True
+
+    def train_step(self, batch: tuple) -> dict[str, torch.Tensor]:
+        """One GAN update on one batch, in upstream's order: D step, then G step."""
+        hps, runtime = self.hps, self.runtime
+        c, f0, spec, y, speaker, lengths, uv, volume = (runtime.to_device(item) for item in batch)
+        mel = spec_to_mel_torch(
+            spec,
+            hps.data.filter_length,
+            hps.data.n_mel_channels,
+            hps.data.sampling_rate,
+            hps.data.mel_fmin,
+            hps.data.mel_fmax,
+        )
+        with runtime.autocast():
+            (
+                y_hat,
+                ids_slice,
+                z_mask,
+                (_z, z_p, m_p, logs_p, _m_q, logs_q),
+                pred_lf0,
+                norm_lf0,
+                lf0,
+            ) = self.net_g(
+                c, f0, uv, spec, g=speaker, c_lengths=lengths, spec_lengths=lengths, vol=volume
+            )
+            y_mel = commons.slice_segments(
+                mel, ids_slice, hps.train.segment_size // hps.data.hop_length
+            )
+            y_hat_mel = mel_spectrogram_torch(
+                y_hat.squeeze(1).float(),
+                hps.data.filter_length,
+                hps.data.n_mel_channels,
+                hps.data.sampling_rate,
+                hps.data.hop_length,
+                hps.data.win_length,
+                hps.data.mel_fmin,
+                hps.data.mel_fmax,
+            )
+            y = commons.slice_segments(y, ids_slice * hps.data.hop_length, hps.train.segment_size)
+            y_d_hat_r, y_d_hat_g, _, _ = self.net_d(y, y_hat.detach())
+            with runtime.autocast(enabled=False):
+                loss_disc, _, _ = discriminator_loss(y_d_hat_r, y_d_hat_g)
+        grad_norm_d = self._optimizer_step(self.optim_d, self.net_d, loss_disc)
+
+        with runtime.autocast():
+            y_d_hat_r, y_d_hat_g, fmap_r, fmap_g = self.net_d(y, y_hat)
+            with runtime.autocast(enabled=False):
+                loss_mel = F.l1_loss(y_mel, y_hat_mel) * hps.train.c_mel
+                loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * hps.train.c_kl
+                loss_fm = feature_loss(fmap_r, fmap_g)
+                loss_gen, _ = generator_loss(y_d_hat_g)
+                loss_lf0 = (
+                    F.mse_loss(pred_lf0, lf0)
+                    if self.uses_f0_predictor
+                    else torch.zeros((), device=runtime.device)
+                )
+                loss_gen_all = loss_gen + loss_fm + loss_mel + loss_kl + loss_lf0
+        grad_norm_g = self._optimizer_step(self.optim_g, self.net_g, loss_gen_all)
+        self.scaler.update()
+        self._count_nonfinite(grad_norm_d, grad_norm_g)
+        return {
+            "loss/g/total": loss_gen_all,
+            "loss/d/total": loss_disc,
+            "loss/g/gen": loss_gen,
+            "loss/g/fm": loss_fm,
+            "loss/g/mel": loss_mel,
+            "loss/g/kl": loss_kl,
+            "loss/g/lf0": loss_lf0,
+            "grad_norm_d": grad_norm_d,
+            "grad_norm_g": grad_norm_g,
+            "_y_mel": y_mel,
+            "_y_hat_mel": y_hat_mel,
+            "_mel": mel,
+            "_lf0": lf0,
+            "_pred_lf0": pred_lf0,
+            "_norm_lf0": norm_lf0,
+        }
+
+    def _optimizer_step(
+        self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor
+    ) -> torch.Tensor:
+        """Backward, unscale, measure the gradient norm, and step unless it is not finite.
+
+        The norm is one tensor computed on the device (no host sync per
+        parameter). DDP has averaged the gradients, so a NaN on any rank is a
+        NaN on all of them: every rank skips the same update without another
+        collective. fp16 overflow is left to the grad scaler, as upstream.
+        """
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if self.runtime.uses_grad_scaler:
+            self.scaler.step(optimizer)
+        elif bool(torch.isfinite(grad_norm)):
+            optimizer.step()
+        return grad_norm.detach()
+
+    def _count_nonfinite(self, grad_norm_d: torch.Tensor, grad_norm_g: torch.Tensor) -> None:
+        if self.runtime.uses_grad_scaler:
+            return
+        if bool(torch.isfinite(grad_norm_d)) and bool(torch.isfinite(grad_norm_g)):
+            self.consecutive_nonfinite = 0
+            return
+        self.consecutive_nonfinite += 1
+        logger.warning(
+            "step %d: non-finite loss or gradient, update skipped (%d in a row)",
+            self.state.step,
+            self.consecutive_nonfinite,
+        )
+        if self.consecutive_nonfinite >= MAX_CONSECUTIVE_NONFINITE:
+            raise NonFiniteTrainingError(
+                f"{MAX_CONSECUTIVE_NONFINITE} steps in a row had non-finite losses: training "
+                "stopped; the last checkpoint is untouched. Lower the learning rate, check the "
+                "data, or use fp32"
+            )
+
+    # ----------------------------------------------------------------- logging
+
+    def log_training(self, epoch: int, batch_index: int, losses: dict[str, torch.Tensor]) -> None:
+        """One log line and TensorBoard scalars/images under upstream's tags."""
+        learning_rate = self.optim_g.param_groups[0]["lr"]
+        scalars = {
+            tag: float(value.detach())
+            for tag, value in losses.items()
+            if not tag.startswith("_") and tag != "loss/g/gen"
+        }
+        scalars["learning_rate"] = learning_rate
+        progress = 100.0 * batch_index / max(1, self.batches_per_epoch)
+        logger.info(
+            "Train Epoch: %d [%.0f%%] step %d lr %.3g | d %.3f g %.3f fm %.3f mel %.3f kl %.3f "
+            "lf0 %.4f",
+            epoch,
+            progress,
+            self.state.step,
+            learning_rate,
+            scalars["loss/d/total"],
+            float(losses["loss/g/gen"]),
+            scalars["loss/g/fm"],
+            scalars["loss/g/mel"],
+            scalars["loss/g/kl"],
+            scalars["loss/g/lf0"],
+        )
+        images = {
+            "slice/mel_org": utils.plot_spectrogram_to_numpy(
+                losses["_y_mel"][0].float().cpu().numpy()
+            ),
+            "slice/mel_gen": utils.plot_spectrogram_to_numpy(
+                losses["_y_hat_mel"][0].detach().float().cpu().numpy()
+            ),
+            "all/mel": utils.plot_spectrogram_to_numpy(losses["_mel"][0].float().cpu().numpy()),
+        }
+        if self.uses_f0_predictor:
+            lf0 = losses["_lf0"][0, 0].detach().float().cpu().numpy()
+            images["all/lf0"] = utils.plot_data_to_numpy(
+                lf0, losses["_pred_lf0"][0, 0].detach().float().cpu().numpy()
+            )
+            images["all/norm_lf0"] = utils.plot_data_to_numpy(
+                lf0, losses["_norm_lf0"][0, 0].detach().float().cpu().numpy()
+            )
+        utils.summarize(self.writer, self.state.step, scalars=scalars, images=images)
+
+    # ----------------------------------------------------------------- eval and save
+
+    def evaluate(self) -> None:
+        """Convert the validation clips (rank 0) into `<model_dir>/eval` for TensorBoard.
+
+        `infer` draws from its own seeded generator and the eval loader has its
+        own, so evaluation leaves the training random streams where they were.
+        """
+        hps, device = self.hps, self.runtime.device
+        generator = utils.unwrap_model(self.net_g)
+        generator.eval()
+        audios: dict[str, torch.Tensor] = {}
+        images: dict[str, Any] = {}
+        with torch.no_grad():
+            for index, batch in enumerate(self.eval_loader):
+                c, f0, spec, y, speaker, _, uv, volume = batch
+                spec, y = spec[:1].to(device), y[:1].to(device)
+                volume = volume[:1].to(device) if volume is not None else None
+                y_hat, _ = generator.infer(
+                    c[:1].to(device),
+                    f0[:1].to(device),
+                    uv[:1].to(device),
+                    g=speaker[:1].to(device),
+                    vol=volume,
+                )
+                mel = spec_to_mel_torch(
+                    spec,
+                    hps.data.filter_length,
+                    hps.data.n_mel_channels,
+                    hps.data.sampling_rate,
+                    hps.data.mel_fmin,
+                    hps.data.mel_fmax,
+                )
+                y_hat_mel = mel_spectrogram_torch(
+                    y_hat.squeeze(1).float(),
+                    hps.data.filter_length,
+                    hps.data.n_mel_channels,
+                    hps.data.sampling_rate,
+                    hps.data.hop_length,
+                    hps.data.win_length,
+                    hps.data.mel_fmin,
+                    hps.data.mel_fmax,
+                )
+                audios[f"gen/audio_{index}"] = y_hat[0].float().cpu()
+                audios[f"gt/audio_{index}"] = y[0].float().cpu()
+                images = {
+                    "gen/mel": utils.plot_spectrogram_to_numpy(y_hat_mel[0].cpu().numpy()),
+                    "gt/mel": utils.plot_spectrogram_to_numpy(mel[0].cpu().numpy()),
+                }
+        utils.summarize(
+            self.writer_eval,
+            self.state.step,
+            images=images,
+            audios=audios,
+            audio_sampling_rate=hps.data.sampling_rate,
+        )
+        self.writer_eval.flush()
+        generator.train()
+
+    def save(self) -> None:
+        """Write `G_<step>.pth` and `D_<step>.pth` (rank 0), then prune old pairs.
+
+        Every rank contributes its random state. Weights with NaN are never
+        saved; G is written before D, each atomically, so a kill leaves at worst
+        an unpaired G that resume skips.
+        """
+        rng_states = gather_objects(self.runtime, capture_rng_state(self.runtime.device))
+        if not self.runtime.is_main:
+            return
+        for name, model in (("G", self.net_g), ("D", self.net_d)):
+            if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+                raise NonFiniteTrainingError(
+                    f"{name} has non-finite weights at step {self.state.step}: not saved; the "
+                    "last checkpoint is untouched. Lower the learning rate or use fp32"
+                )
+        self.state.world_size = self.runtime.world_size
+        self.state.scheduler_g = self.scheduler_g.state_dict()
+        self.state.scheduler_d = self.scheduler_d.state_dict()
+        self.state.scaler = self.scaler.state_dict() if self.runtime.uses_grad_scaler else {}
+        self.state.rng_per_rank = rng_states
+        step, epoch, lr = self.state.step, self.state.epoch, self.hps.train.learning_rate
+        utils.save_checkpoint(
+            self.net_g,
+            self.optim_g,
+            lr,
+            epoch,
+            self.model_dir / f"G_{step}.pth",
+            extra={"train_state": self.state.to_dict()},
+        )
+        utils.save_checkpoint(self.net_d, self.optim_d, lr, epoch, self.model_dir / f"D_{step}.pth")
+        removed = utils.clean_checkpoints(self.model_dir, self.hps.train.get("keep_ckpts", 0))
+        for path in removed:
+            logger.info("removed old checkpoint %s", path)
+        if self.writer is not None:
+            self.writer.flush()
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except NonFiniteTrainingError as error:
+        sys.exit(_fail(str(error)))
+    except KeyboardInterrupt:
+        sys.exit(130)
