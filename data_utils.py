@@ -511,4 +511,6 @@ def make_eval_loader(
         pin_memory=device_type == "cuda",
         drop_last=False,
         persistent_workers=num_workers > 0,
+        # Its own generator: evaluating never moves the training random streams.
+        generator=torch.Generator().manual_seed(0),
     )

@@ -41,6 +41,7 @@ from modules.dataset_check import check_filelists, raise_if_problems
 from modules.distributed import (
     Runtime,
     StopRequest,
+    all_ranks,
     any_rank,
     count_processes,
     gather_objects,
@@ -99,12 +100,16 @@ def prepare_run(args: argparse.Namespace) -> tuple[utils.HParams, dict[str, Any]
     model_dir.mkdir(parents=True, exist_ok=True)
     utils.get_logger(model_dir)
     for message in messages:
-        logger.info("%s", message)
+        level = logging.WARNING if message.startswith("warning") else logging.INFO
+        logger.log(level, "%s", message.removeprefix("warning: ").removeprefix("note: "))
     hps = utils.HParams(**config)
     hps.model_dir = str(model_dir)
     raise_if_problems(check_filelists(hps))
-    (model_dir / "config.json").write_text(json.dumps(raw_config, indent=2), encoding="utf-8")
-    utils.record_git_revision(REPO_DIR, model_dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # one writer, also under torchrun
+        (model_dir / "config.json").write_text(json.dumps(raw_config, indent=2), encoding="utf-8")
+        utils.record_git_revision(REPO_DIR, model_dir)
+        for path in utils.remove_stale_temp_files(model_dir):
+            logger.info("removed %s, left by a save that was interrupted", path)
     return hps, config
 
 
@@ -258,6 +263,7 @@ class Trainer:
             self.writer = SummaryWriter(log_dir=str(self.model_dir))
             self.writer_eval = SummaryWriter(log_dir=str(self.model_dir / "eval"))
         self.consecutive_nonfinite = 0
+        self.last_saved_step = self.state.step
 
     # ----------------------------------------------------------------- resume
 
@@ -363,9 +369,12 @@ class Trainer:
                 return
             self.scheduler_g.step()
             self.scheduler_d.step()
-            state.batches_done_in_epoch = 0
+            state.epoch, state.batches_done_in_epoch = epoch + 1, 0
+        # Upstream stops without saving the last steps; keep them.
+        if self.last_saved_step != state.step:
+            self.save()
         if self.runtime.is_main:
-            logger.info("finished %d epochs", hps.train.epochs)
+            logger.info("finished %d epochs at step %d", hps.train.epochs, state.step)
 
     def train_epoch(self, epoch: int, skip_batches: int) -> bool:
         """One pass over this rank's share; False when training must stop early."""
@@ -475,7 +484,7 @@ class Trainer:
         grad_norm_g = self._optimizer_step(self.optim_g, self.net_g, loss_gen_all)
         self.scaler.update()
         self._count_nonfinite(grad_norm_d, grad_norm_g)
-        return {
+        logged = {
             "loss/g/total": loss_gen_all,
             "loss/d/total": loss_disc,
             "loss/g/gen": loss_gen,
@@ -492,16 +501,21 @@ class Trainer:
             "_pred_lf0": pred_lf0,
             "_norm_lf0": norm_lf0,
         }
+        return {
+            name: value.detach() if isinstance(value, torch.Tensor) else value
+            for name, value in logged.items()
+        }
 
     def _optimizer_step(
         self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor
     ) -> torch.Tensor:
-        """Backward, unscale, measure the gradient norm, and step unless it is not finite.
+        """Backward, unscale, measure the gradient norm, and step unless something is not finite.
 
         The norm is one tensor computed on the device (no host sync per
-        parameter). DDP has averaged the gradients, so a NaN on any rank is a
-        NaN on all of them: every rank skips the same update without another
-        collective. fp16 overflow is left to the grad scaler, as upstream.
+        parameter). Whether the loss or the gradients are finite is agreed by
+        all ranks in one tiny all-reduce, so every rank skips the same update
+        (DDP would hang otherwise). fp16 overflow is the grad scaler's job, as
+        upstream. Returns the norm, NaN when the update was skipped.
         """
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -510,9 +524,12 @@ class Trainer:
         grad_norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
         if self.runtime.uses_grad_scaler:
             self.scaler.step(optimizer)
-        elif bool(torch.isfinite(grad_norm)):
+            return grad_norm.detach()
+        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+        if all_ranks(self.runtime, bool(finite)):
             optimizer.step()
-        return grad_norm.detach()
+            return grad_norm.detach()
+        return torch.full_like(grad_norm.detach(), float("nan"))
 
     def _count_nonfinite(self, grad_norm_d: torch.Tensor, grad_norm_g: torch.Tensor) -> None:
         if self.runtime.uses_grad_scaler:
@@ -539,7 +556,7 @@ class Trainer:
         """One log line and TensorBoard scalars/images under upstream's tags."""
         learning_rate = self.optim_g.param_groups[0]["lr"]
         scalars = {
-            tag: float(value.detach())
+            tag: float(value)
             for tag, value in losses.items()
             if not tag.startswith("_") and tag != "loss/g/gen"
         }
@@ -645,6 +662,7 @@ class Trainer:
         an unpaired G that resume skips.
         """
         rng_states = gather_objects(self.runtime, capture_rng_state(self.runtime.device))
+        self.last_saved_step = self.state.step
         if not self.runtime.is_main:
             return
         for name, model in (("G", self.net_g), ("D", self.net_d)):

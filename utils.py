@@ -14,6 +14,7 @@ plain values and tensors that upstream ignores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -278,6 +279,16 @@ def latest_checkpoint_path(dir_path: str | os.PathLike, regex: str = "G_*.pth") 
         if candidate.is_file():
             return str(candidate)
     return None
+
+
+def remove_stale_temp_files(model_dir: str | os.PathLike) -> list[str]:
+    """Delete temporary files of checkpoints whose save was killed part-way."""
+    removed = []
+    for path in Path(model_dir).glob(".[GD]_*.pth.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(str(path))
+    return removed
 
 
 def clean_checkpoints(path_to_models: str | os.PathLike, n_ckpts_to_keep: int = 2) -> list[str]:

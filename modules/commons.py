@@ -57,7 +57,13 @@ def fused_add_tanh_sigmoid_multiply(
 
 
 def slice_segments(x: torch.Tensor, ids_str: torch.Tensor, segment_size: int = 4) -> torch.Tensor:
-    """Cut `segment_size` frames from the last axis of each batch item at ids_str."""
+    """Cut `segment_size` frames from the last axis of each batch item at ids_str.
+
+    A batch shorter than the segment is zero-padded first (upstream would
+    fail or return garbage there).
+    """
+    if x.size(-1) < segment_size:
+        x = torch.nn.functional.pad(x, (0, segment_size - x.size(-1)))
     offsets = torch.arange(segment_size, device=x.device)
     index = ids_str.to(device=x.device, dtype=torch.long).unsqueeze(-1) + offsets  # (B, S)
     if x.dim() == 3:
@@ -72,7 +78,10 @@ def rand_slice_segments(
     batch = x.size(0)
     if x_lengths is None:
         x_lengths = x.size(-1)
-    ids_str_max = x_lengths - segment_size + 1
+    # A clip shorter than the segment starts at 0 (padded), never before it.
+    ids_str_max = torch.clamp(
+        torch.as_tensor(x_lengths, device=x.device) - segment_size + 1, min=1
+    )
     ids_str = (torch.rand([batch], device=x.device) * ids_str_max).to(dtype=torch.long)
     return slice_segments(x, ids_str, segment_size), ids_str
 

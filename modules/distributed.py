@@ -126,6 +126,10 @@ def init_runtime(
     launcher or `spawn_workers` sets.
     """
     device = device_for(device_type, local_rank)
+    if device.type == "cpu" and world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # Processes sharing a CPU must share its cores, or they slow each other down.
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(
             backend=backend_for(device_type),
@@ -155,6 +159,11 @@ def any_rank(runtime: Runtime, flag: bool) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=runtime.device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def all_ranks(runtime: Runtime, flag: bool) -> bool:
+    """True on every rank when `flag` is true on all of them (a collective)."""
+    return not any_rank(runtime, not flag)
 
 
 def gather_objects(runtime: Runtime, obj: Any) -> list[Any]:

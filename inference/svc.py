@@ -1,0 +1,616 @@
+"""Convert singing with a trained so-vits-svc 4.1 model.
+
+`Svc` loads a generator once (our checkpoints and upstream's, including
+half-precision release files) and converts files or arrays the way upstream's
+`inference/infer_tool.py` does:
+
+1. the input is cut at silences (`-sd`); silent pieces pass through as zeros;
+2. each voiced piece (optionally cut further into `-cl` second clips that
+   overlap by `-lg` seconds) is padded with `-p` seconds of silence, resampled
+   to the model's rate and converted: pitch from the chosen predictor times
+   2**(semitones / 12), content features from the config's speech encoder at
+   16 kHz stretched to the pitch frames, optionally pulled towards the target
+   speaker by a cluster model or feature retrieval (`-cr`), then the
+   generator's `infer`;
+3. the padding is cut off, each piece is centred in its original length, and
+   clips are joined with linear crossfades;
+4. optionally the input's loudness envelope is mixed into the output (`-lea`).
+
+`infer_features` is the single place that calls the generator, so tools and
+tests can feed it precomputed features.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import librosa
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+import cluster
+import utils
+from cluster.feature_index import FeatureRetriever, load_feature_index
+from inference import slicer
+from inference.spk_mix import build_mix_weights
+from models import SynthesizerTrn
+from modules.errors import UserError
+from modules.f0_utils import VolumeExtractor, repeat_expand_2d
+from modules.state_dict_compat import from_legacy_state_dict
+
+logger = logging.getLogger("so-vits-svc.inference")
+
+ENCODER_SAMPLING_RATE = 16000
+DEFAULT_SEED = 52468
+
+SpeakerSpec = str | int | torch.Tensor
+AudioSource = str | os.PathLike | BinaryIO
+
+
+def pad_array(audio: np.ndarray, target_length: int) -> np.ndarray:
+    """Centre `audio` in `target_length` samples with zeros; longer input is returned as is."""
+    missing = target_length - audio.shape[0]
+    if missing <= 0:
+        return audio
+    return np.pad(audio, (missing // 2, missing - missing // 2))
+
+
+def split_list_by_n(samples: np.ndarray, size: int, overlap: int = 0) -> Iterator[np.ndarray]:
+    """Pieces of `size` samples; each but the first also takes the `overlap` samples before it."""
+    for start in range(0, len(samples), size):
+        begin = start - overlap if start >= overlap else start
+        yield samples[begin : start + size]
+
+
+def change_rms(
+    source: np.ndarray, source_sr: int, target: torch.Tensor, target_sr: int, rate: float
+) -> torch.Tensor:
+    """Mix the source's loudness envelope into `target` (upstream's formula, from RVC).
+
+    RMS is measured over half-second frames of both signals, interpolated to
+    every output sample, and the output is scaled by
+    rms_source**(1 - rate) * rms_output**(rate - 1): rate 1 keeps the output's
+    own envelope, rate 0 imposes the source's.
+    """
+    rms_source = librosa.feature.rms(
+        y=source, frame_length=source_sr // 2 * 2, hop_length=source_sr // 2
+    )
+    rms_target = librosa.feature.rms(
+        y=target.detach().cpu().float().numpy(),
+        frame_length=target_sr // 2 * 2,
+        hop_length=target_sr // 2,
+    )
+    length = target.shape[0]
+
+    def stretch(rms: np.ndarray) -> torch.Tensor:
+        table = torch.from_numpy(rms).to(device=target.device, dtype=torch.float32)
+        return F.interpolate(table.unsqueeze(0), size=length, mode="linear").squeeze()
+
+    envelope_source = stretch(rms_source)
+    envelope_target = stretch(rms_target).clamp(min=1e-6)
+    gain = envelope_source.pow(1 - rate) * envelope_target.pow(rate - 1)
+    return target * gain.to(target.dtype)
+
+
+def _unsupported(option: str, what: str) -> UserError:
+    return UserError(
+        f"{option}: {what} needs a model this project does not provide; run without {option}"
+    )
+
+
+class Svc:
+    """A loaded generator with its speech encoder, pitch predictor and optional retrieval."""
+
+    def __init__(
+        self,
+        net_g_path: str | os.PathLike,
+        config_path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        cluster_model_path: str | os.PathLike | None = None,
+        feature_retrieval: bool = False,
+        spk_mix_enable: bool = False,
+        encoder_path: str | os.PathLike | None = None,
+        f0_weights: str | os.PathLike | None = None,
+        trust_pickle: bool = False,
+        nsf_hifigan_enhance: bool = False,
+        shallow_diffusion: bool = False,
+        only_diffusion: bool = False,
+    ) -> None:
+        if nsf_hifigan_enhance:
+            raise _unsupported("-eh/--enhance", "the NSF-HiFiGAN enhancer")
+        if shallow_diffusion or only_diffusion:
+            raise _unsupported("-shd/-od", "diffusion")
+        self.net_g_path = str(net_g_path)
+        self.device = torch.device(
+            device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        self.dev = self.device  # upstream's attribute name
+        self.hps_ms = utils.get_hparams_from_file(config_path)
+        data, model_config = self.hps_ms.data, self.hps_ms.model
+        self.target_sample = int(data.sampling_rate)
+        self.hop_size = int(data.hop_length)
+        speakers = self.hps_ms.get("spk")
+        self.spk2id: dict[str, int] = (
+            {str(name): int(index) for name, index in speakers.items()} if speakers else {}
+        )
+        self.unit_interpolate_mode = data.get("unit_interpolate_mode") or "left"
+        self.vol_embedding = bool(model_config.get("vol_embedding") or False)
+        self.speech_encoder_name = model_config.get("speech_encoder") or "vec768l12"
+        self.encoder_path = encoder_path
+        self.f0_weights = f0_weights
+        self.volume_extractor = VolumeExtractor(self.hop_size)
+
+        self.net_g_ms = self._load_generator()
+        self.dtype = next(self.net_g_ms.parameters()).dtype
+        if spk_mix_enable:
+            self.net_g_ms.EnableCharacterMix(len(self.spk2id), self.device)
+
+        self._speech_encoder: Any = None
+        self._f0_predictor: Any = None
+        self._f0_predictor_key: tuple[str, float] | None = None
+
+        self.feature_retrieval = feature_retrieval
+        self.cluster_model: cluster.ClusterModel | None = None
+        self.retriever: FeatureRetriever | None = None
+        if cluster_model_path:
+            if feature_retrieval:
+                self.retriever = FeatureRetriever(
+                    load_feature_index(cluster_model_path, trust_pickle=trust_pickle)
+                )
+            else:
+                if not Path(cluster_model_path).is_file():
+                    raise UserError(
+                        f"{cluster_model_path}: cluster model not found: train it with "
+                        "cluster/train_cluster.py, or pass -cr 0"
+                    )
+                self.cluster_model = cluster.get_cluster_model(
+                    cluster_model_path, trust_pickle=trust_pickle
+                )
+
+    # ------------------------------------------------------------------ loading
+
+    def _load_generator(self) -> SynthesizerTrn:
+        """Build the generator from the config and load the checkpoint into it.
+
+        Keys missing from the file (other than the posterior encoder, which
+        release files drop) or of another shape mean the config does not fit
+        the checkpoint: that is an error, not a silently broken model.
+        """
+        path = Path(self.net_g_path)
+        if not path.is_file():
+            raise UserError(f"{path}: model not found: pass a G_*.pth file with -m")
+        hps = self.hps_ms
+        net_g = SynthesizerTrn(
+            hps.data.filter_length // 2 + 1,
+            hps.train.segment_size // hps.data.hop_length,
+            **{**hps.model.to_dict(), "sampling_rate": hps.data.sampling_rate},
+        )
+        checkpoint = utils.read_checkpoint(path)
+        own_state = net_g.state_dict()
+        saved = {key.removeprefix("module."): value for key, value in checkpoint["model"].items()}
+        saved = from_legacy_state_dict(saved, own_state.keys())
+        problems = [
+            f"missing {key}"
+            for key in own_state
+            if key not in saved and not key.startswith("enc_q.")
+        ] + [
+            f"{key} {tuple(saved[key].shape)} != {tuple(value.shape)}"
+            for key, value in own_state.items()
+            if key in saved and tuple(saved[key].shape) != tuple(value.shape)
+        ]
+        if problems:
+            raise UserError(
+                f"{path}: does not fit the model built from the config "
+                f"({'; '.join(problems[:4])}{'; ...' if len(problems) > 4 else ''}): "
+                "pass the config the model was trained with (-c)"
+            )
+        # Release files have no posterior encoder; inference does not use it.
+        filled = {key: value for key, value in own_state.items() if key.startswith("enc_q.")}
+        checkpoint = {**checkpoint, "model": {**filled, **saved}}
+        utils.load_checkpoint(path, net_g, None, checkpoint=checkpoint)
+        use_half = "half" in path.name and self.device.type == "cuda"
+        net_g = net_g.half() if use_half else net_g
+        return net_g.eval().to(self.device)
+
+    @property
+    def speech_encoder(self) -> Any:
+        """The config's speech encoder, loaded on first use and kept."""
+        if self._speech_encoder is None:
+            from modules.speech_encoders import load_speech_encoder
+
+            encoder = load_speech_encoder(
+                self.speech_encoder_name, weights_path=self.encoder_path, device=self.device
+            )
+            if encoder.dim != self.net_g_ms.ssl_dim:
+                raise UserError(
+                    f"speech encoder {self.speech_encoder_name} gives {encoder.dim}-wide "
+                    f"features but the model expects ssl_dim {self.net_g_ms.ssl_dim}: "
+                    "use the encoder weights the model was trained with (--encoder_path)"
+                )
+            self._speech_encoder = encoder
+        return self._speech_encoder
+
+    def f0_predictor(self, name: str, threshold: float = 0.05) -> Any:
+        """The pitch predictor called `name`, built once and kept until another is asked for."""
+        key = (name, float(threshold))
+        if self._f0_predictor is None or self._f0_predictor_key != key:
+            from modules.f0_predictors import get_f0_predictor
+
+            self._f0_predictor = get_f0_predictor(
+                name,
+                hop_length=self.hop_size,
+                sampling_rate=self.target_sample,
+                device=str(self.device),
+                threshold=threshold,
+                weights_path=None if self.f0_weights is None else str(self.f0_weights),
+            )
+            self._f0_predictor_key = key
+        return self._f0_predictor
+
+    # ------------------------------------------------------------------ speakers
+
+    def speaker_id(self, speaker: str | int) -> int:
+        """A speaker's id from its name (or an id, or an id written as text)."""
+        if isinstance(speaker, str) and speaker in self.spk2id:
+            return self.spk2id[speaker]
+        if isinstance(speaker, str) and speaker.strip().isdigit():
+            speaker = int(speaker)
+        n_embeddings = self.net_g_ms.emb_g.num_embeddings
+        if isinstance(speaker, int) and 0 <= speaker < n_embeddings:
+            return speaker
+        raise UserError(
+            f"speaker {speaker!r} is not in the config; choose one of: "
+            f"{', '.join(self.spk2id) or '(none listed)'} (-s)"
+        )
+
+    def speaker_name(self, speaker: str | int) -> str:
+        """The config's name for a speaker given by name or id."""
+        speaker_id = self.speaker_id(speaker)
+        for name, index in self.spk2id.items():
+            if index == speaker_id:
+                return name
+        return str(speaker_id)
+
+    def _speaker_tensor(self, speaker: SpeakerSpec) -> torch.Tensor:
+        if isinstance(speaker, torch.Tensor):
+            return speaker.to(self.device)
+        return torch.tensor([[self.speaker_id(speaker)]], dtype=torch.long, device=self.device)
+
+    # ------------------------------------------------------------------ features
+
+    def get_unit_f0(
+        self,
+        wav: np.ndarray,
+        tran: float,
+        cluster_infer_ratio: float,
+        speaker: str | int | None,
+        f0_predictor: str = "pm",
+        cr_threshold: float = 0.05,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Content (1, ssl_dim, T), transposed pitch (1, T) and voicing (1, T) of `wav`.
+
+        `wav` is mono float audio at the model's sampling rate.
+        """
+        f0, uv = self.f0_predictor(f0_predictor, cr_threshold).compute_f0_uv(wav)
+        f0 = torch.as_tensor(f0, dtype=torch.float32, device=self.device)
+        uv = torch.as_tensor(uv, dtype=torch.float32, device=self.device)
+        f0 = (f0 * 2 ** (tran / 12)).unsqueeze(0)
+        uv = uv.unsqueeze(0)
+
+        wav16k = librosa.resample(
+            np.asarray(wav, dtype=np.float32),
+            orig_sr=self.target_sample,
+            target_sr=ENCODER_SAMPLING_RATE,
+        )
+        content = self.speech_encoder.encode(torch.from_numpy(wav16k).to(self.device))
+        content = repeat_expand_2d(content.squeeze(0), f0.shape[1], self.unit_interpolate_mode)
+        content = content.to(self.device)
+        if cluster_infer_ratio != 0 and speaker is not None:
+            content = self._blend_with_speaker(content, speaker, cluster_infer_ratio)
+        return content.unsqueeze(0), f0, uv
+
+    def _blend_with_speaker(
+        self, content: torch.Tensor, speaker: str | int, ratio: float
+    ) -> torch.Tensor:
+        """Pull content (D, T) towards the speaker's cluster centres or retrieved frames."""
+        if self.retriever is not None:
+            blended = self.retriever.retrieve(
+                content.T.cpu().numpy(), self.speaker_id(speaker), ratio
+            )
+            return torch.from_numpy(blended).to(self.device).T
+        if self.cluster_model is None:
+            raise UserError(
+                "-cr is above 0 but no cluster model or feature index is loaded: "
+                "pass one with -cm (and -fr for an index), or use -cr 0"
+            )
+        centers = cluster.get_cluster_center_result(
+            self.cluster_model, content.T, self.speaker_name(speaker)
+        )
+        return ratio * centers.T + (1 - ratio) * content
+
+    # ------------------------------------------------------------------ synthesis
+
+    def infer_features(
+        self,
+        c: torch.Tensor,
+        f0: torch.Tensor,
+        uv: torch.Tensor,
+        speaker: SpeakerSpec,
+        vol: torch.Tensor | None = None,
+        noise_scale: float = 0.4,
+        seed: int = DEFAULT_SEED,
+        predict_f0: bool = False,
+    ) -> torch.Tensor:
+        """Audio (T * hop,) float32 from content (1, D, T), pitch (1, T), voicing (1, T).
+
+        `speaker` is a name, an id, or per-frame mix weights (T, n_speakers).
+        """
+        as_model = {"device": self.device, "dtype": self.dtype}
+        with torch.no_grad():
+            audio, _ = self.net_g_ms.infer(
+                c.to(**as_model),
+                f0=f0.to(**as_model),
+                uv=uv.to(**as_model),
+                g=self._speaker_tensor(speaker),
+                noice_scale=noise_scale,
+                seed=seed,
+                predict_f0=predict_f0,
+                vol=None if vol is None else vol.to(**as_model),
+            )
+        return audio[0, 0].float()
+
+    def infer(
+        self,
+        speaker: SpeakerSpec,
+        tran: float,
+        raw_path: AudioSource | np.ndarray,
+        cluster_infer_ratio: float = 0,
+        auto_predict_f0: bool = False,
+        noice_scale: float = 0.4,
+        f0_predictor: str = "pm",
+        cr_threshold: float = 0.05,
+        frame: int = 0,
+        spk_mix: bool = False,
+        loudness_envelope_adjustment: float = 1,
+    ) -> tuple[torch.Tensor, int, int]:
+        """Convert one piece of audio; returns (audio, its length, pitch frames used).
+
+        `raw_path` is a file (path or file object, any rate) or a mono array
+        already at the model's rate. With `spk_mix`, `speaker` is the mix
+        weights (n_speakers, total_frames) and `frame` where this piece starts.
+        """
+        if isinstance(raw_path, np.ndarray):
+            wav = np.asarray(raw_path, dtype=np.float32)
+        else:
+            wav, _ = librosa.load(raw_path, sr=self.target_sample, mono=True)
+        started = time.time()
+        if spk_mix:
+            c, f0, uv = self.get_unit_f0(wav, tran, 0, None, f0_predictor, cr_threshold)
+            n_frames = f0.shape[1]
+            weights = speaker[:, frame : frame + n_frames]
+            if weights.shape[1] < n_frames:  # the timeline ran short: hold its last column
+                tail = weights[:, -1:].expand(-1, n_frames - weights.shape[1])
+                weights = torch.cat([weights, tail], dim=1)
+            sid: SpeakerSpec = weights.transpose(0, 1)
+        else:
+            sid = speaker
+            c, f0, uv = self.get_unit_f0(
+                wav, tran, cluster_infer_ratio, speaker, f0_predictor, cr_threshold
+            )
+            n_frames = f0.shape[1]
+        vol = None
+        if self.vol_embedding:
+            vol = self.volume_extractor.extract(torch.from_numpy(wav)[None, :]).to(self.device)
+        audio = self.infer_features(
+            c, f0, uv, sid, vol=vol, noise_scale=noice_scale, predict_f0=auto_predict_f0
+        )
+        if loudness_envelope_adjustment != 1:
+            audio = change_rms(
+                wav, self.target_sample, audio, self.target_sample, loudness_envelope_adjustment
+            )
+        logger.info("converted %d frames in %.2f s", n_frames, time.time() - started)
+        return audio, audio.shape[-1], n_frames
+
+    # ------------------------------------------------------------------ whole songs
+
+    def _mix_timeline(
+        self,
+        spk_mix_map: Mapping[Any, Any],
+        pieces: list[tuple[bool, np.ndarray]],
+        audio_sr: int,
+        per_size: int,
+        lg_size: int,
+        pad_seconds: float,
+    ) -> torch.Tensor:
+        """Mix weights over the frames the pieces will have, counted as upstream counts them."""
+        total = 0
+        for is_silence, data in pieces:
+            if is_silence:
+                total += int(np.ceil(len(data) / audio_sr * self.target_sample)) // self.hop_size
+                continue
+            clips = split_list_by_n(data, per_size, lg_size) if per_size else [data]
+            for clip in clips:
+                pad_len = int(audio_sr * pad_seconds)
+                clip_length = int(np.ceil(len(clip) / audio_sr * self.target_sample))
+                total += (clip_length + 2 * pad_len) // self.hop_size
+        total += len(pieces)
+        return build_mix_weights(spk_mix_map, self.spk2id, total, self.device)
+
+    def convert_array(
+        self,
+        audio: np.ndarray,
+        sampling_rate: int,
+        speaker: str | int | Mapping[Any, Any],
+        transpose: float = 0,
+        slice_db: float = -40,
+        cluster_infer_ratio: float = 0,
+        auto_predict_f0: bool = False,
+        noise_scale: float = 0.4,
+        pad_seconds: float = 0.5,
+        clip_seconds: float = 0,
+        linear_gradient: float = 0,
+        linear_gradient_retain: float = 0.75,
+        f0_predictor: str = "pm",
+        cr_threshold: float = 0.05,
+        use_spk_mix: bool = False,
+        loudness_envelope_adjustment: float = 1,
+    ) -> np.ndarray:
+        """Convert a whole mono recording; returns float32 audio at `target_sample`.
+
+        With `use_spk_mix`, `speaker` is a speaker-mix timeline (see spkmix.py).
+        """
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim == 2:  # (samples, channels)
+            audio = audio.mean(axis=1)
+        if use_spk_mix and len(self.spk2id) == 1:
+            speaker, use_spk_mix = next(iter(self.spk2id)), False
+        if use_spk_mix and not isinstance(speaker, Mapping):
+            raise UserError("speaker mix needs a timeline (spkmix.py), not a single speaker")
+        chunks = slicer.slice_waveform(audio, sampling_rate, db_thresh=slice_db)
+        pieces = slicer.split_chunks(audio, chunks)
+        per_size = int(clip_seconds * sampling_rate)
+        lg_size = int(linear_gradient * sampling_rate)
+        # Crossfades are measured at the output rate (upstream reuses the input-rate
+        # count, which lengthens the output when the rates differ).
+        lg_out = int(linear_gradient * self.target_sample)
+        lg_retained = int(lg_out * linear_gradient_retain)
+        lg_cut_left = (lg_out - lg_retained) // 2
+        lg_cut_right = lg_out - lg_retained - lg_cut_left
+        ramp = np.linspace(0, 1, lg_retained, dtype=np.float32)
+
+        target: Any = speaker
+        if use_spk_mix:
+            target = self._mix_timeline(
+                speaker, pieces, sampling_rate, per_size, lg_size, pad_seconds
+            )
+        elif isinstance(speaker, Mapping):
+            raise UserError("a speaker-mix timeline needs use_spk_mix (-usm)")
+
+        output: list[np.ndarray] = []
+        output_length = 0
+        global_frame = 0
+        for is_silence, data in pieces:
+            length = int(np.ceil(len(data) / sampling_rate * self.target_sample))
+            if is_silence:
+                output.append(np.zeros(length, dtype=np.float32))
+                output_length += length
+                global_frame += length // self.hop_size
+                continue
+            clips = split_list_by_n(data, per_size, lg_size) if per_size else [data]
+            for clip_index, clip in enumerate(clips):
+                per_length = (
+                    int(np.ceil(len(clip) / sampling_rate * self.target_sample))
+                    if clip_seconds
+                    else length
+                )
+                pad_in = int(sampling_rate * pad_seconds)
+                padded = np.concatenate(
+                    [np.zeros(pad_in, np.float32), clip, np.zeros(pad_in, np.float32)]
+                )
+                if sampling_rate != self.target_sample:
+                    padded = librosa.resample(
+                        padded, orig_sr=sampling_rate, target_sr=self.target_sample
+                    )
+                converted, _, frames = self.infer(
+                    target,
+                    transpose,
+                    padded,
+                    cluster_infer_ratio=cluster_infer_ratio,
+                    auto_predict_f0=auto_predict_f0,
+                    noice_scale=noise_scale,
+                    f0_predictor=f0_predictor,
+                    cr_threshold=cr_threshold,
+                    frame=global_frame,
+                    spk_mix=use_spk_mix,
+                    loudness_envelope_adjustment=loudness_envelope_adjustment,
+                )
+                global_frame += frames
+                piece = converted.cpu().numpy()
+                pad_out = int(self.target_sample * pad_seconds)
+                piece = pad_array(piece[pad_out : len(piece) - pad_out], per_length)
+                fade = lg_retained + lg_cut_right
+                can_fade = output_length >= fade and len(piece) >= lg_cut_left + lg_retained
+                if lg_out and clip_index and can_fade:
+                    joined = np.concatenate(output)
+                    previous = joined[len(joined) - fade : len(joined) - lg_cut_right]
+                    current = piece[lg_cut_left : lg_cut_left + lg_retained]
+                    output = [joined[: len(joined) - fade], previous * (1 - ramp) + current * ramp]
+                    output_length = len(joined) - fade + lg_retained
+                    piece = piece[lg_cut_left + lg_retained :]
+                output.append(piece.astype(np.float32))
+                output_length += len(piece)
+        if not output:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(output).astype(np.float32)
+
+    def slice_inference(
+        self,
+        raw_audio_path: AudioSource,
+        spk: str | int | Mapping[Any, Any],
+        tran: float,
+        slice_db: float,
+        cluster_infer_ratio: float,
+        auto_predict_f0: bool,
+        noice_scale: float,
+        pad_seconds: float = 0.5,
+        clip_seconds: float = 0,
+        lg_num: float = 0,
+        lgr_num: float = 0.75,
+        f0_predictor: str = "pm",
+        enhancer_adaptive_key: int = 0,
+        cr_threshold: float = 0.05,
+        k_step: int = 100,
+        use_spk_mix: bool = False,
+        second_encoding: bool = False,
+        loudness_envelope_adjustment: float = 1,
+    ) -> np.ndarray:
+        """Upstream's entry: convert an audio file (any format libsndfile or librosa reads).
+
+        `enhancer_adaptive_key` and `k_step` belong to models this project does
+        not have and are ignored; `second_encoding` is refused.
+        """
+        if second_encoding:
+            raise _unsupported("-se/--second_encoding", "second encoding before diffusion")
+        source = raw_audio_path
+        if isinstance(source, str | os.PathLike) and not Path(source).is_file():
+            raise UserError(f"{source}: input audio not found")
+        try:
+            audio, sampling_rate = librosa.load(source, sr=None, mono=True)
+        except Exception as error:  # any decoder failure is a bad input file
+            raise UserError(f"{source}: cannot be read as audio ({error})") from error
+        return self.convert_array(
+            audio,
+            int(sampling_rate),
+            spk,
+            transpose=tran,
+            slice_db=slice_db,
+            cluster_infer_ratio=cluster_infer_ratio,
+            auto_predict_f0=auto_predict_f0,
+            noise_scale=noice_scale,
+            pad_seconds=pad_seconds,
+            clip_seconds=clip_seconds,
+            linear_gradient=lg_num,
+            linear_gradient_retain=lgr_num,
+            f0_predictor=f0_predictor,
+            cr_threshold=cr_threshold,
+            use_spk_mix=use_spk_mix,
+            loudness_envelope_adjustment=loudness_envelope_adjustment,
+        )
+
+    def clear_empty(self) -> None:
+        """Release cached GPU memory between songs."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def unload_model(self) -> None:
+        """Drop the generator and encoders (upstream's WebUI calls this)."""
+        self.net_g_ms = None  # type: ignore[assignment]
+        self._speech_encoder = None
+        self._f0_predictor = None
+        self.clear_empty()

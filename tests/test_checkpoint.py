@@ -1,0 +1,163 @@
+"""The checkpoint format: upstream's layout, lenient and strict loading, resume selection."""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import utils
+from models import MultiPeriodDiscriminator, SynthesizerTrn
+from modules.errors import UserError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "upstream-4.1"
+
+
+def mini_generator(**overrides) -> SynthesizerTrn:
+    config = json.loads((FIXTURES / "mini_config.json").read_text())
+    model = {**config["model"], **overrides}
+    data = config["data"]
+    return SynthesizerTrn(
+        data["filter_length"] // 2 + 1,
+        config["train"]["segment_size"] // data["hop_length"],
+        **model,
+    )
+
+
+def test_round_trip_keeps_upstream_layout(tmp_path):
+    torch.manual_seed(0)
+    model = mini_generator()
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
+    path = tmp_path / "G_7.pth"
+    utils.save_checkpoint(model, optimizer, 1e-4, 3, path)
+
+    raw = torch.load(path, weights_only=True)  # what upstream on current torch does
+    assert set(raw) == {"model", "iteration", "optimizer", "learning_rate"}
+    assert raw["iteration"] == 3 and raw["learning_rate"] == 1e-4
+    assert any(key.endswith("weight_g") for key in raw["model"])
+    assert not any("parametrizations" in key for key in raw["model"])
+    # Same keys, in the same order, as an upstream checkpoint of this architecture.
+    reference = torch.load(FIXTURES / "mini_G.pth", weights_only=True)["model"]
+    assert list(raw["model"]) == list(reference)
+
+    torch.manual_seed(1)
+    fresh = mini_generator()
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), 1e-4)
+    _, _, learning_rate, iteration = utils.load_checkpoint(
+        path, fresh, fresh_optimizer, strict=True
+    )
+    assert (learning_rate, iteration) == (1e-4, 3)
+    for (name, ours), theirs in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+
+
+def test_upstream_checkpoint_loads_strictly_with_its_optimizer(tmp_path):
+    model = mini_generator()
+    utils.load_checkpoint(FIXTURES / "mini_G.pth", model, strict=True)
+    reference = torch.load(FIXTURES / "mini_G.pth", weights_only=True)["model"]
+    assert torch.equal(utils.model_state_for_disk(model)["emb_g.weight"], reference["emb_g.weight"])
+
+
+def test_other_speaker_count_loads_leniently_with_one_warning(tmp_path, caplog):
+    base = mini_generator(n_speakers=200)
+    optimizer = torch.optim.AdamW(base.parameters(), 1e-4)
+    optimizer.zero_grad()
+    sum(p.sum() for p in base.parameters()).backward()
+    optimizer.step()
+    path = tmp_path / "G_0.pth"
+    utils.save_checkpoint(base, optimizer, 1e-4, 1, path)
+
+    target = mini_generator(n_speakers=2)
+    own_emb = target.emb_g.weight.detach().clone()
+    target_optimizer = torch.optim.AdamW(target.parameters(), 1e-4)
+    with caplog.at_level(logging.WARNING, logger="so-vits-svc"):
+        utils.load_checkpoint(path, target, target_optimizer)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    kept = [message for message in warnings if "keep their fresh values" in message]
+    assert len(kept) == 1 and "emb_g.weight" in kept[0]
+    assert any("optimizer state not loaded" in message for message in warnings)
+    assert torch.equal(target.emb_g.weight, own_emb)
+    assert torch.equal(target.pre.weight, base.pre.weight)
+    assert not target_optimizer.state  # nothing loaded into the optimizer
+
+    with pytest.raises(UserError, match=r"G_0\.pth.*emb_g\.weight"):
+        utils.load_checkpoint(path, mini_generator(n_speakers=2), strict=True)
+
+
+def test_pickled_callable_checkpoint_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.makedirs, (str(marker),))
+
+    path = tmp_path / "G_9.pth"
+    torch.save(
+        {"model": {}, "iteration": 1, "optimizer": None, "learning_rate": 1.0, "x": Payload()}, path
+    )
+    with pytest.raises(UserError, match="refused"):
+        utils.load_checkpoint(path, mini_generator())
+    assert not marker.exists()
+
+
+def _write_pair(directory: Path, step: int, with_state: bool = True) -> None:
+    generator = torch.nn.Linear(2, 2)
+    extra = {"train_state": {"step": step}} if with_state else None
+    utils.save_checkpoint(generator, None, 1e-4, 1, directory / f"G_{step}.pth", extra=extra)
+    utils.save_checkpoint(generator, None, 1e-4, 1, directory / f"D_{step}.pth")
+
+
+def test_resume_point_skips_broken_newest_files(tmp_path, caplog):
+    for step in (0, 10, 20, 30):
+        _write_pair(tmp_path, step)
+    data = (tmp_path / "G_30.pth").read_bytes()
+    (tmp_path / "G_30.pth").write_bytes(data[: len(data) // 2])  # truncated
+    (tmp_path / "D_20.pth").write_bytes(b"corrupt" * 50)  # corrupt
+    (tmp_path / "G_40.pth").write_bytes((tmp_path / "G_10.pth").read_bytes())  # unpaired
+    with caplog.at_level(logging.WARNING, logger="so-vits-svc"):
+        point = utils.find_resume_point(tmp_path)
+    assert point is not None and point.step == 10 and not point.is_base_model
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    for name in ("G_30.pth", "D_20.pth", "D_40.pth", "G_10.pth"):
+        assert name in warning
+
+
+def test_resume_point_rejects_step_disagreement_and_knows_base_models(tmp_path):
+    _write_pair(tmp_path, 0, with_state=False)
+    assert utils.find_resume_point(tmp_path).is_base_model
+    _write_pair(tmp_path, 5)
+    generator = torch.nn.Linear(2, 2)
+    utils.save_checkpoint(
+        generator, None, 1e-4, 1, tmp_path / "G_5.pth", extra={"train_state": {"step": 4}}
+    )
+    assert utils.find_resume_point(tmp_path).step == 0
+
+
+def test_no_loadable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+    assert utils.find_resume_point(tmp_path) is None
+    (tmp_path / "G_100.pth").write_bytes(b"x" * 10)
+    (tmp_path / "D_100.pth").write_bytes(b"y" * 10)
+    with pytest.raises(UserError, match="none can be resumed"):
+        utils.find_resume_point(tmp_path)
+
+
+def test_clean_checkpoints_keeps_newest_pairs_and_base(tmp_path):
+    for step in (0, 100, 200, 300, 400):
+        _write_pair(tmp_path, step)
+    utils.clean_checkpoints(tmp_path, 2)
+    names = sorted(path.name for path in tmp_path.glob("*.pth"))
+    assert names == ["D_0.pth", "D_300.pth", "D_400.pth", "G_0.pth", "G_300.pth", "G_400.pth"]
+    assert utils.latest_checkpoint_path(tmp_path, "G_*.pth").endswith("G_400.pth")
+
+
+def test_discriminator_round_trip_with_spectral_norm(tmp_path):
+    source = MultiPeriodDiscriminator(use_spectral_norm=True)
+    utils.save_checkpoint(source, None, 1e-4, 1, tmp_path / "D_1.pth")
+    keys = torch.load(tmp_path / "D_1.pth", weights_only=True)["model"]
+    assert any(key.endswith("weight_orig") for key in keys)
+    target = MultiPeriodDiscriminator(use_spectral_norm=True)
+    utils.load_checkpoint(tmp_path / "D_1.pth", target, strict=True)
+    for ours, theirs in zip(source.state_dict().values(), target.state_dict().values()):
+        assert torch.equal(ours, theirs)
