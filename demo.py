@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workspace", default="demo_workspace", help="working folder")
     parser.add_argument(
         "--steps", type=int, default=None,
-        help=f"train until this global step (default {defaults.steps}; quick: 16)",
+        help=f"train until this global step (default {defaults.steps}; quick: 12)",
     )
     parser.add_argument("--speakers", type=int, default=None, help="synthetic singers (>= 2)")
     parser.add_argument("--clips", type=int, default=None, help="clips per singer (>= 3)")

@@ -76,15 +76,15 @@ CPU_TRAIN: dict[str, Any] = {
 QUICK_TRAIN: dict[str, Any] = {
     **CPU_TRAIN,
     "batch_size": 2,
-    "log_interval": 4,
-    "eval_interval": 8,
+    "log_interval": 3,
+    "eval_interval": 6,
 }
 
 
 def quick_options(workspace: Path) -> DemoOptions:
     """The smallest run that still exercises every step (used by the tests)."""
     return DemoOptions(
-        workspace=workspace, speakers=2, clips=5, steps=16, shortest_s=1.2, longest_s=1.8,
+        workspace=workspace, speakers=2, clips=5, steps=12, shortest_s=1.2, longest_s=1.8,
         quick=True,
     )
 

@@ -152,7 +152,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     assert "pitch check:" in output
 
     model_dir = workspace / "logs" / "demo"
-    assert (model_dir / "G_16.pth").is_file() and (model_dir / "D_16.pth").is_file()
+    assert (model_dir / "G_12.pth").is_file() and (model_dir / "D_12.pth").is_file()
     train_tags = _tensorboard_tags(model_dir)
     for tag in ("loss/g/mel", "loss/g/total", "loss/d/total", "loss/g/kl", "learning_rate"):
         assert tag in train_tags["scalars"], train_tags["scalars"]
@@ -180,13 +180,14 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path: Path) -> None:
     raw_stamps = {p: p.stat().st_mtime_ns for p in (workspace / "dataset_raw").glob("*/*.wav")}
     config_stamp = (workspace / "configs" / "config.json").stat().st_mtime_ns
 
-    output = _run_demo(workspace, "--steps", "20")
-    assert "resuming from G_16.pth at step 16" in output
+    output = _run_demo(workspace, "--steps", "14")
+    assert "resuming from G_12.pth at step 12" in output
     assert "10 skipped" in output  # preprocess_hubert_f0.py kept every feature
     assert "already in" in output  # resample step skipped
-    assert (model_dir / "G_20.pth").is_file()
+    assert (model_dir / "G_14.pth").is_file()
     assert {path: path.stat().st_mtime_ns for path in features} == stamps
     assert {p: p.stat().st_mtime_ns for p in raw_stamps} == raw_stamps
     assert (workspace / "configs" / "config.json").stat().st_mtime_ns == config_stamp
     steps = sorted(int(p.stem[2:]) for p in model_dir.glob("G_*.pth"))
-    assert steps[-1] == 20 and len(steps) <= 2  # keep_ckpts 2
+    # keep_ckpts 2 prunes old pairs; G_0/D_0 are never pruned, as upstream.
+    assert steps == [0, 12, 14]
