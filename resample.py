@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--slice", action="store_true", help="cut long recordings at pauses into short clips"
     )
+    parser.add_argument(
+        "--force", action="store_true", help="convert again files an earlier run converted"
+    )
     return parser
 
 
@@ -49,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loudnorm=not args.skip_loudnorm,
         num_processes=processes,
         slice_at_pauses=args.slice,
+        force=args.force,
     )
     print(summary.format())
     print(f"wrote {count_outputs(summary.results)} wav file(s) to {args.out_dir2}")

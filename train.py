@@ -53,6 +53,7 @@ from modules.distributed import (
 from modules.errors import UserError
 from modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
+from modules.safe_io import atomic_write
 from modules.train_state import TrainState, capture_rng_state, restore_rng_state
 
 logger = logging.getLogger("so-vits-svc")
@@ -106,7 +107,8 @@ def prepare_run(args: argparse.Namespace) -> tuple[utils.HParams, dict[str, Any]
     hps.model_dir = str(model_dir)
     raise_if_problems(check_filelists(hps))
     if int(os.environ.get("RANK", "0")) == 0:  # one writer, also under torchrun
-        (model_dir / "config.json").write_text(json.dumps(raw_config, indent=2), encoding="utf-8")
+        with atomic_write(model_dir / "config.json") as handle:
+            handle.write(json.dumps(raw_config, indent=2).encode("utf-8"))
         utils.record_git_revision(REPO_DIR, model_dir)
         for path in utils.remove_stale_temp_files(model_dir):
             logger.info("removed %s, left by a save that was interrupted", path)

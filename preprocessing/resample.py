@@ -47,6 +47,19 @@ class ResampleJob:
     target_sr: int
     loudnorm: bool
     slice_at_pauses: bool
+    force: bool = False
+
+    def first_output(self) -> str:
+        return clip_output_path(self.output, 0) if self.slice_at_pauses else self.output
+
+    def is_done(self) -> bool:
+        """An output newer than its source means an earlier run converted it."""
+        if self.force:
+            return False
+        try:
+            return os.path.getmtime(self.first_output()) >= os.path.getmtime(self.source)
+        except OSError:
+            return False
 
 
 # --------------------------------------------------------------------------- maths
@@ -187,6 +200,8 @@ def clip_output_path(output: str, index: int) -> str:
 
 def process_job(job: ResampleJob) -> ItemResult:
     """Convert one raw recording; any problem with the file becomes a failed result."""
+    if job.is_done():
+        return ItemResult(source=job.source, status="skipped", reason="already converted")
     try:
         wav, sample_rate = load_mono(job.source)
         if job.slice_at_pauses:
@@ -225,7 +240,12 @@ def _process_sliced(job: ResampleJob, wav: np.ndarray, sample_rate: int) -> Item
 
 
 def plan_jobs(
-    in_dir: str, out_dir: str, target_sr: int, loudnorm: bool, slice_at_pauses: bool
+    in_dir: str,
+    out_dir: str,
+    target_sr: int,
+    loudnorm: bool,
+    slice_at_pauses: bool,
+    force: bool = False,
 ) -> tuple[list[ResampleJob], list[ItemResult]]:
     """List every audio file under `in_dir/<speaker>/` and where it goes.
 
@@ -257,7 +277,9 @@ def plan_jobs(
                 )
                 continue
             claimed[output] = str(source)
-            jobs.append(ResampleJob(str(source), output, target_sr, loudnorm, slice_at_pauses))
+            jobs.append(
+                ResampleJob(str(source), output, target_sr, loudnorm, slice_at_pauses, force)
+            )
     return jobs, refused
 
 
@@ -268,11 +290,16 @@ def resample_dataset(
     loudnorm: bool = True,
     num_processes: int = 1,
     slice_at_pauses: bool = False,
+    force: bool = False,
 ) -> RunSummary:
-    """Convert every recording under `in_dir/<speaker>/` into `out_dir/<speaker>/`."""
+    """Convert every recording under `in_dir/<speaker>/` into `out_dir/<speaker>/`.
+
+    Recordings converted by an earlier run (output newer than the source) are
+    skipped unless `force`, so an interrupted run picks up where it stopped.
+    """
     if target_sr <= 0:
         raise UserError(f"--sr2 {target_sr}: the sample rate must be a positive number of Hz")
-    jobs, refused = plan_jobs(in_dir, out_dir, target_sr, loudnorm, slice_at_pauses)
+    jobs, refused = plan_jobs(in_dir, out_dir, target_sr, loudnorm, slice_at_pauses, force)
     if not jobs and not refused:
         raise UserError(
             f"{in_dir}: no audio files found in speaker folders ({', '.join(AUDIO_EXTENSIONS)}): "

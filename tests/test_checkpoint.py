@@ -161,3 +161,44 @@ def test_discriminator_round_trip_with_spectral_norm(tmp_path):
     utils.load_checkpoint(tmp_path / "D_1.pth", target, strict=True)
     for ours, theirs in zip(source.state_dict().values(), target.state_dict().values()):
         assert torch.equal(ours, theirs)
+
+
+def test_failed_save_raises_and_keeps_previous_checkpoints(tmp_path, monkeypatch):
+    model = torch.nn.Linear(4, 4)
+    utils.save_checkpoint(model, None, 1e-4, 1, tmp_path / "G_100.pth")
+    before = (tmp_path / "G_100.pth").read_bytes()
+
+    def disk_full(obj, handle, *args, **kwargs):
+        handle.write(b"partial data")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        utils.save_checkpoint(model, None, 1e-4, 2, tmp_path / "G_200.pth")
+    with pytest.raises(OSError, match="No space left"):
+        utils.save_checkpoint(model, None, 1e-4, 2, tmp_path / "G_100.pth")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["G_100.pth"]
+    assert (tmp_path / "G_100.pth").read_bytes() == before
+
+
+def test_git_revision_is_recorded_and_changes_warned(tmp_path, caplog, monkeypatch):
+    import subprocess
+
+    repo = tmp_path / "code"
+    repo.mkdir()
+    run = {"cwd": repo, "check": True, "capture_output": True}
+    subprocess.run(["git", "init", "-q"], **run)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "one"], **run)
+    model_dir = tmp_path / "logs" / "m"
+    model_dir.mkdir(parents=True)
+    utils.record_git_revision(repo, model_dir)
+    first = (model_dir / "githash").read_text()
+    assert len(first) == 40
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "two"], **run)
+    with caplog.at_level(logging.WARNING, logger="so-vits-svc"):
+        utils.record_git_revision(repo, model_dir)
+    assert "code revision changed" in caplog.text
+    assert (model_dir / "githash").read_text() != first
+    utils.record_git_revision(tmp_path / "logs", model_dir)  # not a checkout: no error

@@ -111,6 +111,21 @@ def test_process_job_writes_mono_int16_at_target_rate(tmp_path: Path) -> None:
     assert not list(output.parent.glob(".*.tmp"))
 
 
+def test_second_run_skips_converted_files_unless_forced(tmp_path: Path) -> None:
+    source = tmp_path / "raw" / "spk" / "a.wav"
+    source.parent.mkdir(parents=True)
+    soundfile.write(source, _tone(0.4, 32000), 32000)
+    out_dir = tmp_path / "out"
+    first = resample.resample_dataset(str(tmp_path / "raw"), str(out_dir), 44100)
+    assert [r.status for r in first.results] == ["done"]
+    written = (out_dir / "spk" / "a.wav").stat().st_mtime_ns
+    again = resample.resample_dataset(str(tmp_path / "raw"), str(out_dir), 44100)
+    assert [r.status for r in again.results] == ["skipped"]
+    assert (out_dir / "spk" / "a.wav").stat().st_mtime_ns == written
+    forced = resample.resample_dataset(str(tmp_path / "raw"), str(out_dir), 44100, force=True)
+    assert [r.status for r in forced.results] == ["done"]
+
+
 def test_process_job_reports_bad_files(tmp_path: Path) -> None:
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"not audio at all")
