@@ -346,6 +346,34 @@ class Trainer:
             self.state.epoch,
         )
 
+    # ----------------------------------------------------------------- mels
+
+    def spec_to_mel(self, spec: torch.Tensor) -> torch.Tensor:
+        """Mel of a linear spectrogram, with the config's mel settings."""
+        data = self.hps.data
+        return spec_to_mel_torch(
+            spec,
+            data.filter_length,
+            data.n_mel_channels,
+            data.sampling_rate,
+            data.mel_fmin,
+            data.mel_fmax,
+        )
+
+    def audio_to_mel(self, audio: torch.Tensor) -> torch.Tensor:
+        """Mel of generated (B, 1, T) audio, in float32 as upstream computes it."""
+        data = self.hps.data
+        return mel_spectrogram_torch(
+            audio.squeeze(1).float(),
+            data.filter_length,
+            data.n_mel_channels,
+            data.sampling_rate,
+            data.hop_length,
+            data.win_length,
+            data.mel_fmin,
+            data.mel_fmax,
+        )
+
     # ----------------------------------------------------------------- loop
 
     def fit(self) -> None:
@@ -431,14 +459,7 @@ class Trainer:
         """One GAN update on one batch, in upstream's order: D step, then G step."""
         hps, runtime = self.hps, self.runtime
         c, f0, spec, y, speaker, lengths, uv, volume = (runtime.to_device(item) for item in batch)
-        mel = spec_to_mel_torch(
-            spec,
-            hps.data.filter_length,
-            hps.data.n_mel_channels,
-            hps.data.sampling_rate,
-            hps.data.mel_fmin,
-            hps.data.mel_fmax,
-        )
+        mel = self.spec_to_mel(spec)
         with runtime.autocast():
             (
                 y_hat,
@@ -454,16 +475,7 @@ class Trainer:
             y_mel = commons.slice_segments(
                 mel, ids_slice, hps.train.segment_size // hps.data.hop_length
             )
-            y_hat_mel = mel_spectrogram_torch(
-                y_hat.squeeze(1).float(),
-                hps.data.filter_length,
-                hps.data.n_mel_channels,
-                hps.data.sampling_rate,
-                hps.data.hop_length,
-                hps.data.win_length,
-                hps.data.mel_fmin,
-                hps.data.mel_fmax,
-            )
+            y_hat_mel = self.audio_to_mel(y_hat)
             y = commons.slice_segments(y, ids_slice * hps.data.hop_length, hps.train.segment_size)
             y_d_hat_r, y_d_hat_g, _, _ = self.net_d(y, y_hat.detach())
             with runtime.autocast(enabled=False):
@@ -622,24 +634,8 @@ class Trainer:
                     g=speaker[:1].to(device),
                     vol=volume,
                 )
-                mel = spec_to_mel_torch(
-                    spec,
-                    hps.data.filter_length,
-                    hps.data.n_mel_channels,
-                    hps.data.sampling_rate,
-                    hps.data.mel_fmin,
-                    hps.data.mel_fmax,
-                )
-                y_hat_mel = mel_spectrogram_torch(
-                    y_hat.squeeze(1).float(),
-                    hps.data.filter_length,
-                    hps.data.n_mel_channels,
-                    hps.data.sampling_rate,
-                    hps.data.hop_length,
-                    hps.data.win_length,
-                    hps.data.mel_fmin,
-                    hps.data.mel_fmax,
-                )
+                mel = self.spec_to_mel(spec)
+                y_hat_mel = self.audio_to_mel(y_hat)
                 audios[f"gen/audio_{index}"] = y_hat[0].float().cpu()
                 audios[f"gt/audio_{index}"] = y[0].float().cpu()
                 images = {
