@@ -22,13 +22,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch
 
-import utils
-from models import SynthesizerTrn
-from modules.errors import UserError
-from modules.safe_io import atomic_torch_save
-from modules.state_dict_compat import to_legacy_state_dict
+from checkpoint import (
+    POSTERIOR_ENCODER_PREFIX,
+    check_fit,
+    generator_disk_shapes,
+    read_checkpoint,
+)
+from core.errors import UserError
+from core.hparams import get_hparams_from_file
+from core.safe_io import atomic_torch_save
 from preprocessing.runner import run_cli
 
 
@@ -36,19 +39,6 @@ def default_output(input_path: str, half: bool) -> str:
     """Upstream's default name: `G_x.pth` -> `G_x_release.pth` (`G_x_release_half.pth`)."""
     stem, extension = os.path.splitext(input_path)
     return f"{stem}_release{'_half' if half else ''}{extension}"
-
-
-def _expected_shapes(config_path: str) -> dict[str, tuple[int, ...]]:
-    """On-disk key -> shape of the generator the config builds (no memory for weights)."""
-    hps = utils.get_hparams_from_file(config_path)
-    with torch.device("meta"):
-        net_g = SynthesizerTrn(
-            hps.data.filter_length // 2 + 1,
-            hps.train.segment_size // hps.data.hop_length,
-            **{**hps.model.to_dict(), "sampling_rate": hps.data.sampling_rate},
-        )
-    legacy = to_legacy_state_dict(net_g.state_dict())
-    return {key: tuple(value.shape) for key, value in legacy.items()}
 
 
 def remove_optimizer(
@@ -59,26 +49,19 @@ def remove_optimizer(
     The weights are checked against the model `config` builds, so a release
     never pairs with the wrong config unnoticed.
     """
-    checkpoint = utils.read_checkpoint(input_model)
+    checkpoint = read_checkpoint(input_model)
     state = {key.removeprefix("module."): value for key, value in checkpoint["model"].items()}
-    expected = _expected_shapes(config)
-    problems = [
-        f"{key} {tuple(value.shape)} != {expected[key]}"
-        for key, value in state.items()
-        if key in expected and tuple(value.shape) != expected[key]
-    ] + [
-        f"missing {key}" for key in expected if key not in state and not key.startswith("enc_q.")
-    ]
-    if problems:
-        raise UserError(
-            f"{input_model}: does not fit the model built from {config} "
-            f"({'; '.join(problems[:4])}{'; ...' if len(problems) > 4 else ''}): "
-            "pass the config it was trained with (-c)"
-        )
+    expected = generator_disk_shapes(get_hparams_from_file(config))
+    check_fit(state, expected, optional_prefixes=(POSTERIOR_ENCODER_PREFIX,)).raise_if_unfit(
+        input_model,
+        f"the model built from {config}",
+        "pass the config it was trained with (-c)",
+        include_unexpected=False,
+    )
     kept = {
         key: (value.half() if is_half and value.is_floating_point() else value).contiguous()
         for key, value in state.items()
-        if not key.startswith("enc_q.") and key in expected
+        if not key.startswith(POSTERIOR_ENCODER_PREFIX) and key in expected
     }
     release = {
         "model": kept,

@@ -22,12 +22,9 @@ and restoring `random.getstate()` reproduces them exactly on resume.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import os
 import random
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,10 +35,10 @@ import torch
 import torch.utils.data
 from torch.nn import functional as F
 
-from modules.errors import UserError
+from core.errors import UserError
+from core.safe_io import atomic_torch_save_once, load_f0_uv, load_torch_data
 from modules.f0_utils import repeat_expand_2d
 from modules.mel_processing import spectrogram_torch
-from modules.safe_io import load_f0_uv, load_torch_data
 
 CROP_THRESHOLD_FRAMES = 800  # clips longer than this are cropped ...
 CROP_FRAMES = 790  # ... to this many frames (upstream's numbers)
@@ -106,39 +103,6 @@ def read_wav(path: str, max_wav_value: float) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(np.ascontiguousarray(audio[:, 0])), sampling_rate
 
 
-def _publish_once(obj: Any, path: str) -> bool:
-    """Atomically create `path` holding `obj` unless it already exists.
-
-    The bytes go to a hidden temporary file in the same folder, are synced, and
-    are hard-linked to `path`, which fails instead of overwriting when another
-    worker got there first. Returns False in that case. The temporary file is
-    always removed.
-    """
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    folder, name = os.path.split(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder or ".")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp_name, path)
-        except FileExistsError:
-            return False
-        except OSError:
-            # Filesystems without hard links: an atomic rename (which could
-            # replace an identical file written meanwhile) is the best left.
-            if os.path.exists(path):
-                return False
-            os.replace(tmp_name, path)
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-
-
 class TextAudioSpeakerLoader(torch.utils.data.Dataset):
     """Items of one filelist: (content, f0, spec, audio, speaker id, uv, volume)."""
 
@@ -181,7 +145,7 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         spec_filename = spec_path_for(filename)
         if not os.path.exists(spec_filename):
             spec = self._spectrogram(audio_norm).contiguous()
-            if _publish_once(spec, spec_filename):
+            if atomic_torch_save_once(spec, spec_filename):
                 return spec
         spec = load_torch_data(spec_filename)
         bins = self.filter_length // 2 + 1

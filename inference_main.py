@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import soundfile
 
-from modules.errors import UserError
-from modules.safe_io import atomic_write
+from core.errors import UserError
+from core.safe_io import atomic_write
 from preprocessing.runner import run_cli
 
 DEFAULT_KMEANS = "logs/44k/kmeans_10000.pt"

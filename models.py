@@ -1,7 +1,7 @@
 """so-vits-svc 4.1 networks: the synthesizer (generator) and the multi-period discriminator.
 
 Parameter names, shapes and maths follow upstream 4.1-Stable so that
-upstream checkpoints load (through modules.state_dict_compat) and give the
+upstream checkpoints load (through checkpoint.legacy_keys) and give the
 same numbers. Departures on purpose: `infer` draws its noise from a local
 generator (the global RNG is left untouched), and the sine source runs at
 `sampling_rate` instead of always 44.1 kHz.
@@ -18,10 +18,10 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
+from core.errors import UserError
 from modules import attentions, commons
 from modules import modules as blocks
 from modules.commons import get_padding
-from modules.errors import UserError
 from modules.f0_utils import f0_to_coarse, f0_to_lf0, lf0_to_f0, normalize_f0
 from modules.nsf_hifigan import Generator
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from modules.errors import UserError
+from core.errors import UserError
 from preprocessing.features import F0_PREDICTORS, extract_dataset_features, load_settings
 from preprocessing.runner import run_cli
 

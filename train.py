@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +28,22 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-import utils
-from data_utils import (
-    TextAudioSpeakerLoader,
-    make_eval_loader,
-    make_train_loader,
+from checkpoint import (
+    TrainState,
+    build_discriminator,
+    build_generator,
+    capture_rng_state,
+    clean_checkpoints,
+    find_resume_point,
+    load_checkpoint,
+    remove_stale_temp_files,
+    restore_rng_state,
+    save_checkpoint,
+    unwrap_model,
 )
-from models import MultiPeriodDiscriminator, SynthesizerTrn
-from modules import commons
-from modules.config_schema import validate_config
-from modules.dataset_check import check_filelists, raise_if_problems
-from modules.distributed import (
+from core.config_schema import validate_config
+from core.dataset_check import check_filelists, raise_if_problems
+from core.distributed import (
     Runtime,
     StopRequest,
     all_ranks,
@@ -46,20 +51,37 @@ from modules.distributed import (
     count_processes,
     gather_objects,
     init_runtime,
-    launched_by_torchrun,
+    is_launch_main_process,
     shutdown,
     spawn_workers,
+    torchrun_placement,
 )
-from modules.errors import UserError
+from core.errors import UserError
+from core.hparams import HParams, read_config_json
+from core.run_log import get_logger, record_git_revision
+from core.safe_io import atomic_write
+from core.summaries import plot_data_to_numpy, plot_spectrogram_to_numpy, summarize
+from data_utils import (
+    TextAudioSpeakerLoader,
+    make_eval_loader,
+    make_train_loader,
+)
+from modules import commons
 from modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
-from modules.safe_io import atomic_write
-from modules.train_state import TrainState, capture_rng_state, restore_rng_state
 
 logger = logging.getLogger("so-vits-svc")
 REPO_DIR = Path(__file__).resolve().parent
 
 MAX_CONSECUTIVE_NONFINITE = 20
+
+
+@dataclass
+class StepOutput:
+    """What one training step hands to logging: loss scalars, and tensors to plot."""
+
+    losses: dict[str, torch.Tensor]
+    plots: dict[str, torch.Tensor]
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -89,28 +111,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def prepare_run(args: argparse.Namespace) -> tuple[utils.HParams, dict[str, Any]]:
+def prepare_run(args: argparse.Namespace) -> tuple[HParams, dict[str, Any]]:
     """Check the config and data, make the model folder, copy the config into it.
 
     Everything a user can get wrong is found here, before any process starts,
     and reported in one error listing every problem.
     """
-    raw_config = utils.read_config_json(args.config)
+    raw_config = read_config_json(args.config)
     config, messages = validate_config(raw_config, str(args.config))
     model_dir = Path("logs") / args.model
     model_dir.mkdir(parents=True, exist_ok=True)
-    utils.get_logger(model_dir)
+    get_logger(model_dir)
     for message in messages:
         level = logging.WARNING if message.startswith("warning") else logging.INFO
         logger.log(level, "%s", message.removeprefix("warning: ").removeprefix("note: "))
-    hps = utils.HParams(**config)
+    hps = HParams(**config)
     hps.model_dir = str(model_dir)
     raise_if_problems(check_filelists(hps))
-    if int(os.environ.get("RANK", "0")) == 0:  # one writer, also under torchrun
+    if is_launch_main_process():  # one writer, also under torchrun
         with atomic_write(model_dir / "config.json") as handle:
             handle.write(json.dumps(raw_config, indent=2).encode("utf-8"))
-        utils.record_git_revision(REPO_DIR, model_dir)
-        for path in utils.remove_stale_temp_files(model_dir):
+        record_git_revision(REPO_DIR, model_dir)
+        for path in remove_stale_temp_files(model_dir):
             logger.info("removed %s, left by a save that was interrupted", path)
     return hps, config
 
@@ -120,17 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         hps, config = prepare_run(args)
         # Fail here, once, if the checkpoints cannot be resumed from.
-        utils.find_resume_point(hps.model_dir)
+        find_resume_point(hps.model_dir)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if launched_by_torchrun():
-        rank = int(os.environ["RANK"])
-        local_rank = int(os.environ["LOCAL_RANK"])
-        world_size = int(os.environ["WORLD_SIZE"])
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    placement = torchrun_placement()
+    if placement is not None:
         train_worker(
-            local_rank, config, hps.model_dir, args.max_steps, device_type, world_size, rank
+            placement.local_rank,
+            config,
+            hps.model_dir,
+            args.max_steps,
+            placement.device_type,
+            placement.world_size,
+            placement.rank,
         )
         return 0
     nprocs, device_type = count_processes(args.nprocs)
@@ -154,16 +179,6 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- one process
 
 
-def build_generator(hps: utils.HParams) -> SynthesizerTrn:
-    """The generator as upstream builds it, with the sine source at the data's rate."""
-    model_options = {**hps.model.to_dict(), "sampling_rate": hps.data.sampling_rate}
-    return SynthesizerTrn(
-        hps.data.filter_length // 2 + 1,
-        hps.train.segment_size // hps.data.hop_length,
-        **model_options,
-    )
-
-
 def train_worker(
     local_rank: int,
     config: dict[str, Any],
@@ -175,10 +190,10 @@ def train_worker(
 ) -> None:
     """One training process: everything from building the models to the last epoch."""
     rank = local_rank if rank is None else rank
-    hps = utils.HParams(**config)
+    hps = HParams(**config)
     hps.model_dir = model_dir
     if rank == 0:
-        utils.get_logger(model_dir)
+        get_logger(model_dir)
     else:
         logging.getLogger("so-vits-svc").setLevel(logging.WARNING)
     runtime = init_runtime(
@@ -203,7 +218,7 @@ class Trainer:
 
     def __init__(
         self,
-        hps: utils.HParams,
+        hps: HParams,
         runtime: Runtime,
         stop_request: StopRequest,
         max_steps: int | None,
@@ -239,7 +254,7 @@ class Trainer:
 
         device = runtime.device
         self.net_g = build_generator(hps).to(device)
-        self.net_d = MultiPeriodDiscriminator(hps.model.use_spectral_norm).to(device)
+        self.net_d = build_discriminator(hps).to(device)
         betas, eps = tuple(hps.train.betas), hps.train.eps
         self.optim_g = torch.optim.AdamW(
             self.net_g.parameters(), hps.train.learning_rate, betas=betas, eps=eps
@@ -291,17 +306,17 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue from the newest usable G/D pair, fine-tune from a base model, or start."""
-        point = utils.find_resume_point(self.model_dir)
+        point = find_resume_point(self.model_dir)
         if point is None:
             logger.info("no checkpoint in %s: starting a new run", self.model_dir)
             self.state.step = -1
             return
         if point.is_base_model:
             logger.info("fine-tuning from the base models %s and %s", point.g_path, point.d_path)
-            utils.load_checkpoint(
+            load_checkpoint(
                 point.g_path, self.net_g, self.optim_g, checkpoint=point.g_checkpoint
             )
-            utils.load_checkpoint(
+            load_checkpoint(
                 point.d_path, self.net_d, self.optim_d, checkpoint=point.d_checkpoint
             )
             for optimizer in (self.optim_g, self.optim_d):
@@ -310,10 +325,10 @@ class Trainer:
                     group["initial_lr"] = self.hps.train.learning_rate
             self.state.step, self.state.epoch = 0, 1
             return
-        _, _, _, epoch = utils.load_checkpoint(
+        _, _, _, epoch = load_checkpoint(
             point.g_path, self.net_g, self.optim_g, strict=True, checkpoint=point.g_checkpoint
         )
-        utils.load_checkpoint(
+        load_checkpoint(
             point.d_path, self.net_d, self.optim_d, strict=True, checkpoint=point.d_checkpoint
         )
         saved_state = point.g_checkpoint.get("train_state")
@@ -426,10 +441,10 @@ class Trainer:
         for batch in self.train_loader:
             self.state.step += 1
             self.state.batches_done_in_epoch = batch_index + 1
-            losses = self.train_step(batch)
+            output = self.train_step(batch)
             step = self.state.step
             if self.runtime.is_main and step % self.hps.train.log_interval == 0:
-                self.log_training(epoch, batch_index, losses)
+                self.log_training(epoch, batch_index, output)
             stop = any_rank(self.runtime, self.stop_request.requested)
             at_limit = self.max_steps is not None and step >= self.max_steps
             if step % self.hps.train.eval_interval == 0 or stop or at_limit:
@@ -455,7 +470,7 @@ class Trainer:
             logger.info("====> Epoch: %d, cost %.2f s", epoch, time.time() - started)
         return True
 
-    def train_step(self, batch: tuple) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: tuple) -> StepOutput:
         """One GAN update on one batch, in upstream's order: D step, then G step."""
         hps, runtime = self.hps, self.runtime
         c, f0, spec, y, speaker, lengths, uv, volume = (runtime.to_device(item) for item in batch)
@@ -498,7 +513,7 @@ class Trainer:
         grad_norm_g = self._optimizer_step(self.optim_g, self.net_g, loss_gen_all)
         self.scaler.update()
         self._count_nonfinite(grad_norm_d, grad_norm_g)
-        logged = {
+        losses = {
             "loss/g/total": loss_gen_all,
             "loss/d/total": loss_disc,
             "loss/g/gen": loss_gen,
@@ -508,17 +523,23 @@ class Trainer:
             "loss/g/lf0": loss_lf0,
             "grad_norm_d": grad_norm_d,
             "grad_norm_g": grad_norm_g,
-            "_y_mel": y_mel,
-            "_y_hat_mel": y_hat_mel,
-            "_mel": mel,
-            "_lf0": lf0,
-            "_pred_lf0": pred_lf0,
-            "_norm_lf0": norm_lf0,
         }
-        return {
-            name: value.detach() if isinstance(value, torch.Tensor) else value
-            for name, value in logged.items()
+        plots = {
+            "y_mel": y_mel,
+            "y_hat_mel": y_hat_mel,
+            "mel": mel,
+            "lf0": lf0,
+            "pred_lf0": pred_lf0,
+            "norm_lf0": norm_lf0,
         }
+        return StepOutput(
+            losses={name: value.detach() for name, value in losses.items()},
+            plots={
+                name: value.detach()
+                for name, value in plots.items()
+                if isinstance(value, torch.Tensor)
+            },
+        )
 
     def _optimizer_step(
         self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor
@@ -566,14 +587,11 @@ class Trainer:
 
     # ----------------------------------------------------------------- logging
 
-    def log_training(self, epoch: int, batch_index: int, losses: dict[str, torch.Tensor]) -> None:
+    def log_training(self, epoch: int, batch_index: int, output: StepOutput) -> None:
         """One log line and TensorBoard scalars/images under upstream's tags."""
+        losses, plots = output.losses, output.plots
         learning_rate = self.optim_g.param_groups[0]["lr"]
-        scalars = {
-            tag: float(value)
-            for tag, value in losses.items()
-            if not tag.startswith("_") and tag != "loss/g/gen"
-        }
+        scalars = {tag: float(value) for tag, value in losses.items() if tag != "loss/g/gen"}
         scalars["learning_rate"] = learning_rate
         progress = 100.0 * batch_index / max(1, self.batches_per_epoch)
         logger.info(
@@ -590,24 +608,20 @@ class Trainer:
             scalars["loss/g/kl"],
             scalars["loss/g/lf0"],
         )
+
+        def first(name: str) -> np.ndarray:
+            return plots[name][0].float().cpu().numpy()
+
         images = {
-            "slice/mel_org": utils.plot_spectrogram_to_numpy(
-                losses["_y_mel"][0].float().cpu().numpy()
-            ),
-            "slice/mel_gen": utils.plot_spectrogram_to_numpy(
-                losses["_y_hat_mel"][0].detach().float().cpu().numpy()
-            ),
-            "all/mel": utils.plot_spectrogram_to_numpy(losses["_mel"][0].float().cpu().numpy()),
+            "slice/mel_org": plot_spectrogram_to_numpy(first("y_mel")),
+            "slice/mel_gen": plot_spectrogram_to_numpy(first("y_hat_mel")),
+            "all/mel": plot_spectrogram_to_numpy(first("mel")),
         }
         if self.uses_f0_predictor:
-            lf0 = losses["_lf0"][0, 0].detach().float().cpu().numpy()
-            images["all/lf0"] = utils.plot_data_to_numpy(
-                lf0, losses["_pred_lf0"][0, 0].detach().float().cpu().numpy()
-            )
-            images["all/norm_lf0"] = utils.plot_data_to_numpy(
-                lf0, losses["_norm_lf0"][0, 0].detach().float().cpu().numpy()
-            )
-        utils.summarize(self.writer, self.state.step, scalars=scalars, images=images)
+            lf0 = first("lf0")[0]
+            images["all/lf0"] = plot_data_to_numpy(lf0, first("pred_lf0")[0])
+            images["all/norm_lf0"] = plot_data_to_numpy(lf0, first("norm_lf0")[0])
+        summarize(self.writer, self.state.step, scalars=scalars, images=images)
 
     # ----------------------------------------------------------------- eval and save
 
@@ -618,7 +632,7 @@ class Trainer:
         own, so evaluation leaves the training random streams where they were.
         """
         hps, device = self.hps, self.runtime.device
-        generator = utils.unwrap_model(self.net_g)
+        generator = unwrap_model(self.net_g)
         generator.eval()
         audios: dict[str, torch.Tensor] = {}
         images: dict[str, Any] = {}
@@ -639,10 +653,10 @@ class Trainer:
                 audios[f"gen/audio_{index}"] = y_hat[0].float().cpu()
                 audios[f"gt/audio_{index}"] = y[0].float().cpu()
                 images = {
-                    "gen/mel": utils.plot_spectrogram_to_numpy(y_hat_mel[0].cpu().numpy()),
-                    "gt/mel": utils.plot_spectrogram_to_numpy(mel[0].cpu().numpy()),
+                    "gen/mel": plot_spectrogram_to_numpy(y_hat_mel[0].cpu().numpy()),
+                    "gt/mel": plot_spectrogram_to_numpy(mel[0].cpu().numpy()),
                 }
-        utils.summarize(
+        summarize(
             self.writer_eval,
             self.state.step,
             images=images,
@@ -675,7 +689,7 @@ class Trainer:
         self.state.scaler = self.scaler.state_dict() if self.runtime.uses_grad_scaler else {}
         self.state.rng_per_rank = rng_states
         step, epoch, lr = self.state.step, self.state.epoch, self.hps.train.learning_rate
-        utils.save_checkpoint(
+        save_checkpoint(
             self.net_g,
             self.optim_g,
             lr,
@@ -683,8 +697,8 @@ class Trainer:
             self.model_dir / f"G_{step}.pth",
             extra={"train_state": self.state.to_dict()},
         )
-        utils.save_checkpoint(self.net_d, self.optim_d, lr, epoch, self.model_dir / f"D_{step}.pth")
-        removed = utils.clean_checkpoints(self.model_dir, self.hps.train.get("keep_ckpts", 0))
+        save_checkpoint(self.net_d, self.optim_d, lr, epoch, self.model_dir / f"D_{step}.pth")
+        removed = clean_checkpoints(self.model_dir, self.hps.train.get("keep_ckpts", 0))
         for path in removed:
             logger.info("removed old checkpoint %s", path)
         if self.writer is not None:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import utils
 from cluster.feature_index import (
     INDEX_FOLDER_NAME,
     UPSTREAM_PICKLE_NAME,
@@ -31,8 +30,9 @@ from cluster.feature_index import (
     save_index_folder,
 )
 from cluster.train_cluster import load_speaker_features
-from modules.errors import UserError
-from modules.safe_io import atomic_write
+from core.errors import UserError
+from core.hparams import get_hparams_from_file
+from core.safe_io import atomic_write
 from preprocessing.runner import run_cli
 
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _speaker_names(config_path: str) -> dict[int, str]:
-    hps = utils.get_hparams_from_file(config_path)
+    hps = get_hparams_from_file(config_path)
     speakers = hps.get("spk")
     if not speakers:
         raise UserError(f"{config_path}: no 'spk' map: run preprocess_flist_config.py")

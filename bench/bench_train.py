@@ -23,9 +23,9 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 import train  # noqa: E402
-import utils  # noqa: E402
-from modules.config_schema import validate_config  # noqa: E402
-from modules.distributed import StopRequest, init_runtime  # noqa: E402
+from core.config_schema import validate_config  # noqa: E402
+from core.distributed import StopRequest, init_runtime  # noqa: E402
+from core.hparams import HParams  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,7 +60,7 @@ def main() -> None:
     if args.bf16:
         config["train"].update({"fp16_run": True, "half_type": "bf16"})
     config, _ = validate_config(config, args.config or "synthetic")
-    hps = utils.HParams(**config)
+    hps = HParams(**config)
     hps.model_dir = str(workdir / "logs")
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     runtime = init_runtime(0, 0, 1, device_type, hps.train.fp16_run, hps.train.half_type)

@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from modules.errors import UserError
-from modules.safe_io import UnsafeFileError, atomic_torch_save, load_torch_data
+from core.errors import UserError
+from core.safe_io import UnsafeFileError, atomic_torch_save, load_torch_data
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 

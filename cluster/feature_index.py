@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from modules.errors import UserError
-from modules.safe_io import atomic_write
+from core.errors import UserError
+from core.safe_io import atomic_write
 
 MANIFEST_NAME = "manifest.json"
 INDEX_FOLDER_NAME = "feature_and_index"

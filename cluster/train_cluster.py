@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from cluster import KMeansCenters, save_cluster_model
-from modules.errors import UserError
-from modules.safe_io import load_torch_data
+from core.errors import UserError
+from core.safe_io import load_torch_data
 from preprocessing.runner import run_cli
 
 logger = logging.getLogger("so-vits-svc.cluster")

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from core.safe_io import atomic_write
 from demo.standin import ensure_standin, find_real_contentvec
 from demo.synth import build_singing_set
-from modules.safe_io import atomic_write
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 MODEL_NAME = "demo"

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modules.safe_io import atomic_torch_save
+from core.safe_io import atomic_torch_save
 from modules.speech_encoders.hubert import FairseqHubert, HubertConfig
 
 CONTENTVEC_FILE = "checkpoint_best_legacy_500.pt"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from modules.safe_io import atomic_write
+from core.safe_io import atomic_write
 
 SAMPLE_RATE = 44100
 FRAME_PERIOD_MS = 5.0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from modules.errors import UserError
+from core.errors import UserError
 
 SpkMixMap = dict[int | str, list[list[float]]]
 

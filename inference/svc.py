@@ -35,14 +35,14 @@ import torch
 from torch.nn import functional as F
 
 import cluster
-import utils
+from checkpoint import load_generator
 from cluster.feature_index import FeatureRetriever, load_feature_index
+from core.errors import UserError
+from core.hparams import get_hparams_from_file
 from inference import slicer
 from inference.spk_mix import build_mix_weights
 from models import SynthesizerTrn
-from modules.errors import UserError
 from modules.f0_utils import VolumeExtractor, repeat_expand_2d
-from modules.state_dict_compat import from_legacy_state_dict
 
 logger = logging.getLogger("so-vits-svc.inference")
 
@@ -131,7 +131,7 @@ class Svc:
             device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.dev = self.device  # upstream's attribute name
-        self.hps_ms = utils.get_hparams_from_file(config_path)
+        self.hps_ms = get_hparams_from_file(config_path)
         data, model_config = self.hps_ms.data, self.hps_ms.model
         self.target_sample = int(data.sampling_rate)
         self.hop_size = int(data.hop_length)
@@ -176,47 +176,10 @@ class Svc:
     # ------------------------------------------------------------------ loading
 
     def _load_generator(self) -> SynthesizerTrn:
-        """Build the generator from the config and load the checkpoint into it.
-
-        Keys missing from the file (other than the posterior encoder, which
-        release files drop) or of another shape mean the config does not fit
-        the checkpoint: that is an error, not a silently broken model.
-        """
-        path = Path(self.net_g_path)
-        if not path.is_file():
-            raise UserError(f"{path}: model not found: pass a G_*.pth file with -m")
-        hps = self.hps_ms
-        net_g = SynthesizerTrn(
-            hps.data.filter_length // 2 + 1,
-            hps.train.segment_size // hps.data.hop_length,
-            **{**hps.model.to_dict(), "sampling_rate": hps.data.sampling_rate},
-        )
-        checkpoint = utils.read_checkpoint(path)
-        own_state = net_g.state_dict()
-        saved = {key.removeprefix("module."): value for key, value in checkpoint["model"].items()}
-        saved = from_legacy_state_dict(saved, own_state.keys())
-        problems = [
-            f"missing {key}"
-            for key in own_state
-            if key not in saved and not key.startswith("enc_q.")
-        ] + [
-            f"{key} {tuple(saved[key].shape)} != {tuple(value.shape)}"
-            for key, value in own_state.items()
-            if key in saved and tuple(saved[key].shape) != tuple(value.shape)
-        ]
-        if problems:
-            raise UserError(
-                f"{path}: does not fit the model built from the config "
-                f"({'; '.join(problems[:4])}{'; ...' if len(problems) > 4 else ''}): "
-                "pass the config the model was trained with (-c)"
-            )
-        # Release files have no posterior encoder; inference does not use it.
-        filled = {key: value for key, value in own_state.items() if key.startswith("enc_q.")}
-        checkpoint = {**checkpoint, "model": {**filled, **saved}}
-        utils.load_checkpoint(path, net_g, None, checkpoint=checkpoint)
-        use_half = "half" in path.name and self.device.type == "cuda"
-        net_g = net_g.half() if use_half else net_g
-        return net_g.eval().to(self.device)
+        """The generator of the config with the checkpoint's weights (see `load_generator`)."""
+        if not Path(self.net_g_path).is_file():
+            raise UserError(f"{self.net_g_path}: model not found: pass a G_*.pth file with -m")
+        return load_generator(self.net_g_path, self.hps_ms, self.device)
 
     @property
     def speech_encoder(self) -> Any:

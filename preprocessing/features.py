@@ -27,14 +27,15 @@ import numpy as np
 import soundfile
 import torch
 
-from modules.errors import UserError
-from modules.safe_io import (
+from core.errors import UserError
+from core.safe_io import (
     atomic_np_save,
     atomic_torch_save,
     load_f0_uv,
     load_torch_data,
     save_f0_uv,
 )
+from core.safe_io import remove_stale_temp_files as remove_temp_files
 from preprocessing.runner import ItemResult, RunSummary, run_parallel
 
 ENCODER_SR = 16000
@@ -436,11 +437,12 @@ def remove_stale_temp_files(wav_paths: list[str]) -> int:
     """Delete temporary files a killed run left beside the wavs (`.X.wav.soft.pt.*.tmp`)."""
     removed = 0
     for folder in sorted({os.path.dirname(path) for path in wav_paths}):
-        for leftover in Path(folder).glob(".*.tmp"):
-            name = leftover.name
-            if any(f"{suffix}." in name for suffix in OUTPUT_SUFFIXES):
-                leftover.unlink(missing_ok=True)
-                removed += 1
+        leftovers = [
+            leftover
+            for leftover in Path(folder).glob(".*.tmp")
+            if any(f"{suffix}." in leftover.name for suffix in OUTPUT_SUFFIXES)
+        ]
+        removed += len(remove_temp_files(leftovers))
     return removed
 
 

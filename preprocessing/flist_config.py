@@ -19,8 +19,8 @@ from typing import Any
 
 import soundfile
 
-from modules.errors import UserError
-from modules.safe_io import atomic_write
+from core.errors import UserError
+from core.safe_io import atomic_write
 
 MIN_SECONDS = 0.3
 VAL_PER_SPEAKER = 2

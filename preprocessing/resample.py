@@ -21,8 +21,8 @@ import numpy as np
 import soundfile
 from scipy.io import wavfile
 
-from modules.errors import UserError
-from modules.safe_io import atomic_write
+from core.errors import UserError
+from core.safe_io import atomic_write
 from preprocessing.runner import ItemResult, RunSummary, run_parallel
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif")

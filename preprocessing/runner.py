@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from tqdm import tqdm
 
-from modules.errors import UserError
+from core.errors import UserError
 
 Status = Literal["done", "skipped", "failed"]
 JobT = TypeVar("JobT")

@@ -26,7 +26,7 @@ import numpy as np
 import soundfile
 import torch
 
-from modules.safe_io import save_f0_uv
+from core.safe_io import save_f0_uv
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO_ROOT / "configs_template" / "config_template.json"

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import utils
+import checkpoint as ckpt
+from core import run_log
+from core.errors import UserError
 from models import MultiPeriodDiscriminator, SynthesizerTrn
-from modules.errors import UserError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream-4.1"
 
@@ -31,7 +32,7 @@ def test_round_trip_keeps_upstream_layout(tmp_path):
     model = mini_generator()
     optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
     path = tmp_path / "G_7.pth"
-    utils.save_checkpoint(model, optimizer, 1e-4, 3, path)
+    ckpt.save_checkpoint(model, optimizer, 1e-4, 3, path)
 
     raw = torch.load(path, weights_only=True)  # what upstream on current torch does
     assert set(raw) == {"model", "iteration", "optimizer", "learning_rate"}
@@ -45,7 +46,7 @@ def test_round_trip_keeps_upstream_layout(tmp_path):
     torch.manual_seed(1)
     fresh = mini_generator()
     fresh_optimizer = torch.optim.AdamW(fresh.parameters(), 1e-4)
-    _, _, learning_rate, iteration = utils.load_checkpoint(
+    _, _, learning_rate, iteration = ckpt.load_checkpoint(
         path, fresh, fresh_optimizer, strict=True
     )
     assert (learning_rate, iteration) == (1e-4, 3)
@@ -55,9 +56,9 @@ def test_round_trip_keeps_upstream_layout(tmp_path):
 
 def test_upstream_checkpoint_loads_strictly_with_its_optimizer(tmp_path):
     model = mini_generator()
-    utils.load_checkpoint(FIXTURES / "mini_G.pth", model, strict=True)
+    ckpt.load_checkpoint(FIXTURES / "mini_G.pth", model, strict=True)
     reference = torch.load(FIXTURES / "mini_G.pth", weights_only=True)["model"]
-    assert torch.equal(utils.model_state_for_disk(model)["emb_g.weight"], reference["emb_g.weight"])
+    assert torch.equal(ckpt.model_state_for_disk(model)["emb_g.weight"], reference["emb_g.weight"])
 
 
 def test_other_speaker_count_loads_leniently_with_one_warning(tmp_path, caplog):
@@ -67,13 +68,13 @@ def test_other_speaker_count_loads_leniently_with_one_warning(tmp_path, caplog):
     sum(p.sum() for p in base.parameters()).backward()
     optimizer.step()
     path = tmp_path / "G_0.pth"
-    utils.save_checkpoint(base, optimizer, 1e-4, 1, path)
+    ckpt.save_checkpoint(base, optimizer, 1e-4, 1, path)
 
     target = mini_generator(n_speakers=2)
     own_emb = target.emb_g.weight.detach().clone()
     target_optimizer = torch.optim.AdamW(target.parameters(), 1e-4)
     with caplog.at_level(logging.WARNING, logger="so-vits-svc"):
-        utils.load_checkpoint(path, target, target_optimizer)
+        ckpt.load_checkpoint(path, target, target_optimizer)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     kept = [message for message in warnings if "keep their fresh values" in message]
     assert len(kept) == 1 and "emb_g.weight" in kept[0]
@@ -83,7 +84,7 @@ def test_other_speaker_count_loads_leniently_with_one_warning(tmp_path, caplog):
     assert not target_optimizer.state  # nothing loaded into the optimizer
 
     with pytest.raises(UserError, match=r"G_0\.pth.*emb_g\.weight"):
-        utils.load_checkpoint(path, mini_generator(n_speakers=2), strict=True)
+        ckpt.load_checkpoint(path, mini_generator(n_speakers=2), strict=True)
 
 
 def test_pickled_callable_checkpoint_is_refused_and_nothing_runs(tmp_path):
@@ -98,15 +99,15 @@ def test_pickled_callable_checkpoint_is_refused_and_nothing_runs(tmp_path):
         {"model": {}, "iteration": 1, "optimizer": None, "learning_rate": 1.0, "x": Payload()}, path
     )
     with pytest.raises(UserError, match="refused"):
-        utils.load_checkpoint(path, mini_generator())
+        ckpt.load_checkpoint(path, mini_generator())
     assert not marker.exists()
 
 
 def _write_pair(directory: Path, step: int, with_state: bool = True) -> None:
     generator = torch.nn.Linear(2, 2)
     extra = {"train_state": {"step": step}} if with_state else None
-    utils.save_checkpoint(generator, None, 1e-4, 1, directory / f"G_{step}.pth", extra=extra)
-    utils.save_checkpoint(generator, None, 1e-4, 1, directory / f"D_{step}.pth")
+    ckpt.save_checkpoint(generator, None, 1e-4, 1, directory / f"G_{step}.pth", extra=extra)
+    ckpt.save_checkpoint(generator, None, 1e-4, 1, directory / f"D_{step}.pth")
 
 
 def test_resume_point_skips_broken_newest_files(tmp_path, caplog):
@@ -117,7 +118,7 @@ def test_resume_point_skips_broken_newest_files(tmp_path, caplog):
     (tmp_path / "D_20.pth").write_bytes(b"corrupt" * 50)  # corrupt
     (tmp_path / "G_40.pth").write_bytes((tmp_path / "G_10.pth").read_bytes())  # unpaired
     with caplog.at_level(logging.WARNING, logger="so-vits-svc"):
-        point = utils.find_resume_point(tmp_path)
+        point = ckpt.find_resume_point(tmp_path)
     assert point is not None and point.step == 10 and not point.is_base_model
     warning = " ".join(r.getMessage() for r in caplog.records)
     for name in ("G_30.pth", "D_20.pth", "D_40.pth", "G_10.pth"):
@@ -126,46 +127,46 @@ def test_resume_point_skips_broken_newest_files(tmp_path, caplog):
 
 def test_resume_point_rejects_step_disagreement_and_knows_base_models(tmp_path):
     _write_pair(tmp_path, 0, with_state=False)
-    assert utils.find_resume_point(tmp_path).is_base_model
+    assert ckpt.find_resume_point(tmp_path).is_base_model
     _write_pair(tmp_path, 5)
     generator = torch.nn.Linear(2, 2)
-    utils.save_checkpoint(
+    ckpt.save_checkpoint(
         generator, None, 1e-4, 1, tmp_path / "G_5.pth", extra={"train_state": {"step": 4}}
     )
-    assert utils.find_resume_point(tmp_path).step == 0
+    assert ckpt.find_resume_point(tmp_path).step == 0
 
 
 def test_no_loadable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
-    assert utils.find_resume_point(tmp_path) is None
+    assert ckpt.find_resume_point(tmp_path) is None
     (tmp_path / "G_100.pth").write_bytes(b"x" * 10)
     (tmp_path / "D_100.pth").write_bytes(b"y" * 10)
     with pytest.raises(UserError, match="none can be resumed"):
-        utils.find_resume_point(tmp_path)
+        ckpt.find_resume_point(tmp_path)
 
 
 def test_clean_checkpoints_keeps_newest_pairs_and_base(tmp_path):
     for step in (0, 100, 200, 300, 400):
         _write_pair(tmp_path, step)
-    utils.clean_checkpoints(tmp_path, 2)
+    ckpt.clean_checkpoints(tmp_path, 2)
     names = sorted(path.name for path in tmp_path.glob("*.pth"))
     assert names == ["D_0.pth", "D_300.pth", "D_400.pth", "G_0.pth", "G_300.pth", "G_400.pth"]
-    assert utils.latest_checkpoint_path(tmp_path, "G_*.pth").endswith("G_400.pth")
+    assert ckpt.latest_checkpoint_path(tmp_path, "G_*.pth").endswith("G_400.pth")
 
 
 def test_discriminator_round_trip_with_spectral_norm(tmp_path):
     source = MultiPeriodDiscriminator(use_spectral_norm=True)
-    utils.save_checkpoint(source, None, 1e-4, 1, tmp_path / "D_1.pth")
+    ckpt.save_checkpoint(source, None, 1e-4, 1, tmp_path / "D_1.pth")
     keys = torch.load(tmp_path / "D_1.pth", weights_only=True)["model"]
     assert any(key.endswith("weight_orig") for key in keys)
     target = MultiPeriodDiscriminator(use_spectral_norm=True)
-    utils.load_checkpoint(tmp_path / "D_1.pth", target, strict=True)
+    ckpt.load_checkpoint(tmp_path / "D_1.pth", target, strict=True)
     for ours, theirs in zip(source.state_dict().values(), target.state_dict().values()):
         assert torch.equal(ours, theirs)
 
 
 def test_failed_save_raises_and_keeps_previous_checkpoints(tmp_path, monkeypatch):
     model = torch.nn.Linear(4, 4)
-    utils.save_checkpoint(model, None, 1e-4, 1, tmp_path / "G_100.pth")
+    ckpt.save_checkpoint(model, None, 1e-4, 1, tmp_path / "G_100.pth")
     before = (tmp_path / "G_100.pth").read_bytes()
 
     def disk_full(obj, handle, *args, **kwargs):
@@ -174,9 +175,9 @@ def test_failed_save_raises_and_keeps_previous_checkpoints(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        utils.save_checkpoint(model, None, 1e-4, 2, tmp_path / "G_200.pth")
+        ckpt.save_checkpoint(model, None, 1e-4, 2, tmp_path / "G_200.pth")
     with pytest.raises(OSError, match="No space left"):
-        utils.save_checkpoint(model, None, 1e-4, 2, tmp_path / "G_100.pth")
+        ckpt.save_checkpoint(model, None, 1e-4, 2, tmp_path / "G_100.pth")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["G_100.pth"]
     assert (tmp_path / "G_100.pth").read_bytes() == before
 
@@ -192,13 +193,13 @@ def test_git_revision_is_recorded_and_changes_warned(tmp_path, caplog, monkeypat
                     "--allow-empty", "-m", "one"], **run)
     model_dir = tmp_path / "logs" / "m"
     model_dir.mkdir(parents=True)
-    utils.record_git_revision(repo, model_dir)
+    run_log.record_git_revision(repo, model_dir)
     first = (model_dir / "githash").read_text()
     assert len(first) == 40
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
                     "--allow-empty", "-m", "two"], **run)
     with caplog.at_level(logging.WARNING, logger="so-vits-svc"):
-        utils.record_git_revision(repo, model_dir)
+        run_log.record_git_revision(repo, model_dir)
     assert "code revision changed" in caplog.text
     assert (model_dir / "githash").read_text() != first
-    utils.record_git_revision(tmp_path / "logs", model_dir)  # not a checkout: no error
+    run_log.record_git_revision(tmp_path / "logs", model_dir)  # not a checkout: no error

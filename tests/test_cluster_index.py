@@ -18,8 +18,8 @@ import train_index
 from cluster import get_cluster_model, nearest_centers
 from cluster import train_cluster as train_cluster_cli
 from cluster.feature_index import FeatureRetriever, ivf_list_count, load_feature_index
+from core.errors import UserError
 from inference.svc import Svc
-from modules.errors import UserError
 from preprocessing.runner import run_cli
 from tests.helpers_data import make_dataset
 from tests.helpers_model import TINY_ENCODER, TINY_WIDTH, UPSTREAM, run_script, sung_clip

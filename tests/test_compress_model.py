@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint as ckpt
 import compress_model
 import utils
 from inference.svc import Svc
@@ -32,14 +33,14 @@ def training_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         hps.data.filter_length // 2 + 1, hps.train.segment_size // hps.data.hop_length,
         **hps.model.to_dict(),
     )
-    utils.load_checkpoint(UPSTREAM / "mini_G.pth", net_g)
+    ckpt.load_checkpoint(UPSTREAM / "mini_G.pth", net_g)
     optimizer = torch.optim.AdamW(net_g.parameters(), 1e-4)
     for parameter in net_g.parameters():  # one step gives the optimizer its state
         parameter.grad = torch.zeros_like(parameter)
     optimizer.step()
-    utils.load_checkpoint(UPSTREAM / "mini_G.pth", net_g)  # restore the recorded weights
+    ckpt.load_checkpoint(UPSTREAM / "mini_G.pth", net_g)  # restore the recorded weights
     path = tmp_path_factory.mktemp("compress") / "G_800.pth"
-    utils.save_checkpoint(net_g, optimizer, 1e-4, 7, path,
+    ckpt.save_checkpoint(net_g, optimizer, 1e-4, 7, path,
                           extra={"train_state": {"step": 800, "epoch": 7}})
     return path
 

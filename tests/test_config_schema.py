@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from modules.config_schema import SCHEMA, key_specs, render_config_table, validate_config
-from modules.errors import UserError
+from core.config_schema import SCHEMA, key_specs, render_config_table, validate_config
+from core.errors import UserError
 from tests.helpers_data import REPO_ROOT, make_config
 
 TEMPLATES = sorted((REPO_ROOT / "configs_template").glob("*.json"))

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.config_schema import validate_config
+from core.errors import UserError
 from data_utils import (
     CROP_FRAMES,
     DistributedEpochSampler,
@@ -22,8 +24,6 @@ from data_utils import (
     resolve_num_workers,
     spec_path_for,
 )
-from modules.config_schema import validate_config
-from modules.errors import UserError
 from tests.helpers_data import make_config, make_dataset
 from utils import HParams
 
@@ -201,7 +201,7 @@ def test_wrong_lengths_and_unknown_speaker_are_user_errors(tmp_path: Path) -> No
     dataset = TextAudioSpeakerLoader(hps.data.training_files, hps)
     with pytest.raises(UserError, match="'bob' is not in the config's spk"):
         dataset.get_audio(info["train_wavs"][1])
-    from modules.safe_io import save_f0_uv
+    from core.safe_io import save_f0_uv
 
     wav = info["train_wavs"][0]
     save_f0_uv(wav + ".f0.npy", np.full(10, 200.0), np.ones(10))

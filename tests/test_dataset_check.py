@@ -10,10 +10,10 @@ import pytest
 import soundfile
 import torch
 
-from modules.config_schema import validate_config
-from modules.dataset_check import check_filelists, raise_if_problems
-from modules.errors import UserError
-from modules.safe_io import save_f0_uv
+from core.config_schema import validate_config
+from core.dataset_check import check_filelists, raise_if_problems
+from core.errors import UserError
+from core.safe_io import save_f0_uv
 from tests.helpers_data import make_config, make_dataset
 from utils import HParams
 

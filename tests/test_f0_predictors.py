@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from modules.errors import UserError
+from core.errors import UserError
 from modules.f0_predictors import get_f0_predictor, interpolate_f0, resize_f0
 
 FIXTURE = Path(__file__).parent / "fixtures" / "upstream-4.1-pipeline" / "f0_reference.pt"

@@ -16,9 +16,9 @@ import soundfile
 import torch
 
 import inference_main
+from core.errors import UserError
 from inference.spk_mix import build_mix_weights, read_spk_mix_map
 from inference.svc import Svc, pad_array, split_list_by_n
-from modules.errors import UserError
 from preprocessing.runner import run_cli
 from tests.helpers_model import (
     REPO,

@@ -11,13 +11,13 @@ import torch
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
+from checkpoint.legacy_keys import from_legacy_state_dict, to_legacy_state_dict
+from core.errors import UserError
 from models import MultiPeriodDiscriminator, SynthesizerTrn
 from modules import commons
-from modules.errors import UserError
 from modules.f0_utils import interpolate_f0
 from modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch, spectrogram_torch
-from modules.state_dict_compat import from_legacy_state_dict, to_legacy_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream-4.1"
 MINI = json.loads((FIXTURES / "mini_config.json").read_text())

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoint.legacy_keys import from_legacy_state_dict, to_legacy_state_dict
 from models import MultiPeriodDiscriminator, SynthesizerTrn
 from modules import commons
 from modules.f0_utils import (
@@ -20,7 +21,6 @@ from modules.f0_utils import (
 )
 from modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
 from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch, spectrogram_torch
-from modules.state_dict_compat import from_legacy_state_dict, to_legacy_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream-4.1"
 MANIFEST = json.loads((FIXTURES / "state_dict_manifest.json").read_text())

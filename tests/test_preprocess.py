@@ -11,8 +11,8 @@ import pytest
 import soundfile
 import torch
 
-from modules.errors import UserError
-from modules.safe_io import save_f0_uv
+from core.errors import UserError
+from core.safe_io import save_f0_uv
 from preprocessing import features, flist_config, resample
 from preprocessing.runner import ItemResult, RunSummary, run_cli, run_parallel
 

@@ -22,7 +22,7 @@ import pytest
 import soundfile
 import torch
 
-from modules.safe_io import load_f0_uv, load_torch_data
+from core.safe_io import load_f0_uv, load_torch_data
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_ENCODER = REPO / "tests" / "fixtures" / "fairseq-hubert-tiny" / "tiny_hubert_fairseq.pt"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from modules.config_schema import render_config_table
+from core.config_schema import render_config_table
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from modules.errors import UserError
+from core.errors import UserError
 from modules.f0_predictors import get_f0_predictor
 from modules.f0_predictors.resample import SincResampler
 from modules.f0_predictors.rmvpe import (

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from modules.safe_io import (
+from core.safe_io import (
     ForeignObject,
     UnreadableFileError,
     UnsafeFileError,

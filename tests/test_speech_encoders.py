@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modules.errors import UserError
-from modules.safe_io import ForeignObject, load_torch_foreign
+from core.errors import UserError
+from core.safe_io import ForeignObject, load_torch_foreign
 from modules.speech_encoders import (
     CONTENTVEC_PATH,
     HUBERT_SOFT_PATH,

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint as ckpt
 import utils
 from tests.helpers_data import make_config, make_dataset, write_config
 
@@ -207,7 +208,7 @@ def test_checkpoint_loads_strictly_and_keeps_upstream_meaning(resumed_run):
     assert checkpoint["train_state"]["step"] == 10
     assert isinstance(checkpoint["optimizer"], dict)
     model = train.build_generator(hps)
-    utils.load_checkpoint(root / "logs" / "resumed" / "G_10.pth", model, strict=True)
+    ckpt.load_checkpoint(root / "logs" / "resumed" / "G_10.pth", model, strict=True)
 
 
 def _trace(trace_dir: Path, rank: int, train_items: set[str]) -> list[str]:
@@ -356,7 +357,7 @@ def test_sigkill_at_random_moments_always_resumes(tmp_path):
     rng = random.Random(1234)
     kills = 0
     while kills < 6:
-        point = utils.find_resume_point(model_dir) if model_dir.exists() else None
+        point = ckpt.find_resume_point(model_dir) if model_dir.exists() else None
         expected_first = 0 if point is None else point.step + 1
         process = subprocess.Popen(
             [sys.executable, str(TRAIN), "-c", str(config), "-m", "kill"],
@@ -379,8 +380,8 @@ def test_sigkill_at_random_moments_always_resumes(tmp_path):
         steps = logged_steps(log.read_text()[offset:])
         # Each run resumes right after the newest complete pair.
         assert steps and steps[0] == expected_first, (steps, expected_first)
-        assert not list(model_dir.glob("*.pth")) or utils.find_resume_point(model_dir)
-    point = utils.find_resume_point(model_dir)
+        assert not list(model_dir.glob("*.pth")) or ckpt.find_resume_point(model_dir)
+    point = ckpt.find_resume_point(model_dir)
     assert point is not None and point.step >= 1
     output = check(run_train(tmp_path, config, "kill", "--max_steps", str(point.step + 1)))
     assert logged_steps(output) == [point.step + 1]
@@ -400,9 +401,9 @@ def test_fine_tune_from_a_200_speaker_base_model(tmp_path):
     model_dir.mkdir(parents=True)
     generator = train.build_generator(base)
     optimizer = torch.optim.AdamW(generator.parameters(), 1e-4)
-    utils.save_checkpoint(generator, optimizer, 1e-4, 4321, model_dir / "G_0.pth")
+    ckpt.save_checkpoint(generator, optimizer, 1e-4, 4321, model_dir / "G_0.pth")
     discriminator = MultiPeriodDiscriminator()
-    utils.save_checkpoint(
+    ckpt.save_checkpoint(
         discriminator,
         torch.optim.AdamW(discriminator.parameters(), 1e-4),
         1e-4,

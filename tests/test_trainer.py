@@ -12,8 +12,8 @@ import torch
 
 import train
 import utils
-from modules.config_schema import validate_config
-from modules.distributed import StopRequest, init_runtime
+from core.config_schema import validate_config
+from core.distributed import StopRequest, init_runtime
 from tests.helpers_data import make_config, make_dataset
 
 
@@ -37,7 +37,7 @@ def test_training_lowers_mel_loss_on_a_fixed_set(small_set):
     torch.manual_seed(0)
     trainer = build_trainer(small_set, "learn", train={"learning_rate": 1e-3})
     batch = next(iter(trainer.train_loader))
-    mel = [float(trainer.train_step(batch)["loss/g/mel"]) for _ in range(30)]
+    mel = [float(trainer.train_step(batch).losses["loss/g/mel"]) for _ in range(30)]
     first, last = np.mean(mel[:6]), np.mean(mel[-6:])
     assert last < 0.85 * first, mel
 
@@ -59,7 +59,7 @@ def test_bf16_autocast_trains_on_cpu(small_set):
     assert trainer.runtime.autocast_dtype == torch.bfloat16
     before = [p.detach().clone() for p in trainer.net_g.parameters()]
     batch = next(iter(trainer.train_loader))
-    losses = trainer.train_step(batch)
+    losses = trainer.train_step(batch).losses
     assert all(torch.isfinite(losses[k]) for k in ("loss/g/total", "loss/d/total"))
     changed = [not torch.equal(a, b) for a, b in zip(before, trainer.net_g.parameters())]
     assert sum(changed) > 0.9 * len(changed)
@@ -116,5 +116,5 @@ def test_weights_with_nan_are_never_saved(small_set):
 def test_short_clips_train_without_crashing(tmp_path):
     make_dataset(tmp_path, items_per_speaker=3, val_per_speaker=1, seconds=0.05)
     trainer = build_trainer(tmp_path, "short", train={"segment_size": 4096})
-    losses = trainer.train_step(next(iter(trainer.train_loader)))
+    losses = trainer.train_step(next(iter(trainer.train_loader))).losses
     assert torch.isfinite(losses["loss/g/total"])

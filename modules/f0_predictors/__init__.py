@@ -8,7 +8,7 @@ filled in, plus a voicing mask.
 
 from __future__ import annotations
 
-from modules.errors import UserError
+from core.errors import UserError
 from modules.f0_predictors.base import F0Predictor, interpolate_f0, resize_f0
 
 AVAILABLE_F0_PREDICTORS = ("dio", "harvest", "pm", "rmvpe")

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.errors import UserError
+from core.errors import UserError
+from core.safe_io import load_torch_data
 from modules.f0_predictors.base import F0Predictor
 from modules.f0_predictors.resample import SincResampler
-from modules.safe_io import load_torch_data
 
 RMVPE_SAMPLE_RATE = 16000
 RMVPE_HOP_LENGTH = 160

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from modules.errors import UserError
+from core.errors import UserError
 from modules.speech_encoders.hubert import FairseqHubert, load_fairseq_hubert
 from modules.speech_encoders.hubert_soft import HubertSoftNetwork, load_hubert_soft
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.errors import UserError
-from modules.safe_io import load_torch_foreign
+from core.errors import UserError
+from core.safe_io import load_torch_foreign
 
 # HuBERT-base defaults: what fairseq assumes when a checkpoint omits a field.
 _BASE_CONV_LAYERS = "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"

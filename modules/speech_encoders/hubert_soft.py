@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modules.errors import UserError
-from modules.safe_io import load_torch_data
+from core.errors import UserError
+from core.safe_io import load_torch_data
 from modules.speech_encoders.hubert import WeightNormConv1d
 
 _CONV_DIM = 512

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modules.errors import UserError
+from core.errors import UserError
 
 REQUIRED = object()
 """Marker for "no default: the key must be present"."""

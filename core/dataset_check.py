@@ -21,8 +21,8 @@ import numpy as np
 import soundfile
 import torch
 
-from modules.errors import UserError
-from modules.safe_io import load_f0_uv, load_torch_data
+from core.errors import UserError
+from core.safe_io import load_f0_uv, load_torch_data
 
 ENCODER_SAMPLING_RATE = 16000
 ENCODER_HOP = 320  # every upstream speech encoder emits one frame per 20 ms of 16 kHz audio

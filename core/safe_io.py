@@ -18,7 +18,7 @@ import os
 import pickle
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, BinaryIO
@@ -26,9 +26,10 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from modules.errors import UserError
+from core.errors import UserError
 
 PathLike = str | os.PathLike
+TEMP_SUFFIX = ".tmp"  # every temporary file this project writes ends so, and starts with "."
 
 
 class UnreadableFileError(UserError):
@@ -63,29 +64,85 @@ def _current_umask() -> int:
 
 
 @contextlib.contextmanager
+def _synced_temp_file(target: Path) -> Iterator[tuple[BinaryIO, str]]:
+    """A hidden temporary file beside `target`, flushed and synced on exit, always removed.
+
+    The name starts with a dot and ends in `.tmp` (`TEMP_SUFFIX`), so globs for
+    checkpoints or features never see it. Publishing it under the target's
+    name is the caller's job, inside the `with` block after the yield.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=target.parent
+    )
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle, tmp_name
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+
+
+def _sync(handle: BinaryIO, tmp_name: str) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+    # mkstemp makes the file private (0600); give it the usual permissions.
+    os.chmod(tmp_name, 0o666 & ~_current_umask())
+
+
+@contextlib.contextmanager
 def atomic_write(path: PathLike) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces `path` only once fully written and synced.
 
-    The temporary file starts with a dot and ends in `.tmp`, so globs for
-    checkpoints or features never see it; on any error it is removed and the old
-    `path`, if any, is untouched.
+    On any error the temporary file is removed and the old `path`, if any, is
+    untouched.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp makes the file private (0600); give it the usual permissions.
-        os.chmod(tmp_name, 0o666 & ~_current_umask())
+    with _synced_temp_file(target) as (handle, tmp_name):
+        yield handle
+        _sync(handle, tmp_name)
         os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
     _fsync_directory(target.parent)
+
+
+def atomic_torch_save_once(obj: Any, path: PathLike) -> bool:
+    """Create `path` holding `obj` unless it exists; False when another process won.
+
+    The temporary file is hard-linked to `path`, which fails instead of
+    overwriting, so concurrent data workers caching the same file never
+    replace each other's finished copy.
+    """
+    target = Path(path)
+    with _synced_temp_file(target) as (handle, tmp_name):
+        torch.save(obj, handle)
+        _sync(handle, tmp_name)
+        try:
+            os.link(tmp_name, target)
+        except FileExistsError:
+            return False
+        except OSError:
+            # Filesystems without hard links: an atomic rename (which could
+            # replace an identical file written meanwhile) is the best left.
+            if target.exists():
+                return False
+            os.replace(tmp_name, target)
+    _fsync_directory(target.parent)
+    return True
+
+
+def remove_stale_temp_files(candidates: Iterable[Path]) -> list[str]:
+    """Delete the given leftovers of writes that were killed part-way; returns their paths.
+
+    Callers pass a glob of the hidden `.NAME.*.tmp` files of their own kind
+    (checkpoints, features), so a folder's other files are never touched.
+    """
+    removed = []
+    for path in candidates:
+        if path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(str(path))
+    return removed
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:

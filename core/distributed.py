@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +69,39 @@ class Runtime:
         return tensor.to(self.device, non_blocking=self.device.type == "cuda")
 
 
-def launched_by_torchrun() -> bool:
-    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+@dataclass(frozen=True)
+class Placement:
+    """Where a launcher put this process: its ranks and the device type to use."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    device_type: str
+
+
+def torchrun_placement() -> Placement | None:
+    """This process's place as a launcher (torchrun) set it in the environment; None if not.
+
+    The one place that reads RANK, LOCAL_RANK and WORLD_SIZE.
+    """
+    if not all(name in os.environ for name in TORCHRUN_VARIABLES):
+        return None
+    return Placement(
+        rank=int(os.environ["RANK"]),
+        local_rank=int(os.environ["LOCAL_RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        device_type="cuda" if torch.cuda.is_available() else "cpu",
+    )
+
+
+def is_launch_main_process() -> bool:
+    """True in the process that writes the run's files before training starts.
+
+    Under torchrun that is global rank 0; a plain `python train.py` is itself
+    the main process (the workers it spawns come later).
+    """
+    placement = torchrun_placement()
+    return placement is None or placement.rank == 0
 
 
 def backend_for(device_type: str) -> str:
@@ -229,13 +260,3 @@ def spawn_workers(worker: Callable[..., None], nprocs: int, port: str | int, arg
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-@contextlib.contextmanager
-def rank_zero_first(runtime: Runtime) -> Iterator[None]:
-    """Let rank 0 do something (e.g. fill a cache) before the others."""
-    if runtime.distributed and not runtime.is_main:
-        dist.barrier()
-    yield
-    if runtime.distributed and runtime.is_main:
-        dist.barrier()

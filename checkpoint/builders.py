@@ -1,0 +1,79 @@
+"""The networks a config describes, built in one place for training, inference and tools.
+
+Everything that turns a config into a `SynthesizerTrn` (train.py, `Svc`,
+compress_model.py, onnx_export.py) calls `build_generator`, so a model built
+anywhere has the same keys and shapes as the checkpoints written by training.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from checkpoint.files import (
+    POSTERIOR_ENCODER_PREFIX,
+    check_fit,
+    load_checkpoint,
+    read_checkpoint,
+    saved_model_state,
+)
+from checkpoint.legacy_keys import to_legacy_state_dict
+from core.errors import UserError
+from models import MultiPeriodDiscriminator, SynthesizerTrn
+
+
+def build_generator(hps: Any) -> SynthesizerTrn:
+    """The generator as upstream builds it, with the sine source at the data's rate."""
+    model_options = {**hps.model.to_dict(), "sampling_rate": hps.data.sampling_rate}
+    return SynthesizerTrn(
+        hps.data.filter_length // 2 + 1,
+        hps.train.segment_size // hps.data.hop_length,
+        **model_options,
+    )
+
+
+def build_discriminator(hps: Any) -> MultiPeriodDiscriminator:
+    """The multi-period discriminator (spectral norm on its first scale when configured)."""
+    return MultiPeriodDiscriminator(hps.model.use_spectral_norm)
+
+
+def generator_disk_shapes(hps: Any) -> dict[str, tuple[int, ...]]:
+    """On-disk key -> shape of the generator the config builds, without allocating weights."""
+    with torch.device("meta"):
+        net_g = build_generator(hps)
+    legacy = to_legacy_state_dict(net_g.state_dict())
+    return {key: tuple(value.shape) for key, value in legacy.items()}
+
+
+def load_generator(
+    path: str | os.PathLike, hps: Any, device: torch.device | str = "cpu"
+) -> SynthesizerTrn:
+    """A generator for inference: built from `hps`, weights from `path`, in eval mode.
+
+    The file may lack the posterior encoder (release files drop it; inference
+    does not use it). Any other missing key or another shape means the config
+    does not fit the weights: that is an error, not a silently broken model.
+    Files named `*half*` run in float16 on a GPU, as upstream.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: model not found: pass a G_*.pth file")
+    net_g = build_generator(hps)
+    checkpoint = read_checkpoint(path)
+    own_state = net_g.state_dict()
+    saved = saved_model_state(checkpoint, own_state.keys())
+    check_fit(saved, own_state, optional_prefixes=(POSTERIOR_ENCODER_PREFIX,)).raise_if_unfit(
+        path,
+        "the model built from the config",
+        "pass the config the model was trained with (-c)",
+        include_unexpected=False,
+    )
+    filled = {
+        key: value for key, value in own_state.items() if key.startswith(POSTERIOR_ENCODER_PREFIX)
+    }
+    load_checkpoint(path, net_g, None, checkpoint={**checkpoint, "model": {**filled, **saved}})
+    device = torch.device(device)
+    if "half" in os.path.basename(path) and device.type == "cuda":
+        net_g = net_g.half()
+    return net_g.eval().to(device)

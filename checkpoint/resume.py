@@ -1,0 +1,129 @@
+"""Which checkpoint a run continues from: naming, discovery, pruning, resume points.
+
+Checkpoints are `G_<step>.pth`/`D_<step>.pth` pairs in the model folder. A
+resume point is the newest pair that both load and agree on their step; an
+interrupted save leaves at worst a hidden temporary file or an unpaired G,
+which are skipped (and the temporaries removed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from checkpoint.files import read_checkpoint
+from core.errors import UserError
+from core.safe_io import remove_stale_temp_files as remove_temp_files_matching
+
+logger = logging.getLogger("so-vits-svc")
+
+_CHECKPOINT_NAME = re.compile(r"^([GD])_(\d+)\.pth$")
+
+
+def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
+    """Steps that have a G or D file in `model_dir`, newest first."""
+    steps = set()
+    for entry in Path(model_dir).glob("[GD]_*.pth"):
+        match = _CHECKPOINT_NAME.match(entry.name)
+        if match:
+            steps.add(int(match.group(2)))
+    return sorted(steps, reverse=True)
+
+
+def latest_checkpoint_path(dir_path: str | os.PathLike, regex: str = "G_*.pth") -> str | None:
+    """The newest checkpoint matching `regex` by step number (upstream's helper)."""
+    prefix = regex.split("_")[0]
+    for step in checkpoint_steps(dir_path):
+        candidate = Path(dir_path) / f"{prefix}_{step}.pth"
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+
+
+def remove_stale_temp_files(model_dir: str | os.PathLike) -> list[str]:
+    """Delete temporary files of checkpoints whose save was killed part-way."""
+    return remove_temp_files_matching(Path(model_dir).glob(".[GD]_*.pth.*.tmp"))
+
+
+def clean_checkpoints(path_to_models: str | os.PathLike, n_ckpts_to_keep: int = 2) -> list[str]:
+    """Delete all but the newest `n_ckpts_to_keep` G/D pairs; never G_0/D_0.
+
+    `n_ckpts_to_keep` of 0 or less keeps everything, as upstream. Returns the
+    removed paths.
+    """
+    if n_ckpts_to_keep <= 0:
+        return []
+    steps = [step for step in checkpoint_steps(path_to_models) if step != 0]
+    removed = []
+    for step in steps[n_ckpts_to_keep:]:
+        for prefix in ("G", "D"):
+            path = Path(path_to_models) / f"{prefix}_{step}.pth"
+            if path.exists():
+                path.unlink()
+                removed.append(str(path))
+    return removed
+
+
+@dataclass
+class ResumePoint:
+    """The G/D pair a run continues from."""
+
+    step: int
+    g_path: Path
+    d_path: Path
+    g_checkpoint: dict[str, Any]
+    d_checkpoint: dict[str, Any]
+
+    @property
+    def is_base_model(self) -> bool:
+        """G_0/D_0 without our training state: a base model to fine-tune from."""
+        return self.step == 0 and "train_state" not in self.g_checkpoint
+
+
+def find_resume_point(model_dir: str | os.PathLike) -> ResumePoint | None:
+    """The newest G/D pair in `model_dir` that both load and agree on their step.
+
+    None when there are no checkpoints. Unusable newer files are named in one
+    warning with the pair used instead; when checkpoints exist but none pair up
+    and load, a `UserError` says so (starting over in silence would throw away
+    the user's training).
+    """
+    directory = Path(model_dir)
+    problems: list[str] = []
+    for step in checkpoint_steps(directory):
+        g_path, d_path = directory / f"G_{step}.pth", directory / f"D_{step}.pth"
+        absent = [path.name for path in (g_path, d_path) if not path.is_file()]
+        if absent:
+            problems.append(f"{directory / absent[0]} is missing (its pair is incomplete)")
+            continue
+        try:
+            g_checkpoint = read_checkpoint(g_path)
+            d_checkpoint = read_checkpoint(d_path)
+        except UserError as error:
+            problems.append(str(error))
+            continue
+        saved_state = g_checkpoint.get("train_state")
+        if isinstance(saved_state, dict) and saved_state.get("step") != step:
+            problems.append(f"{g_path}: records step {saved_state.get('step')}, not {step}")
+            continue
+        if problems:
+            logger.warning(
+                "skipping unusable checkpoints (%s); resuming from %s and %s",
+                "; ".join(problems),
+                g_path.name,
+                d_path.name,
+            )
+        return ResumePoint(step, g_path, d_path, g_checkpoint, d_checkpoint)
+    if problems:
+        raise UserError(
+            f"{directory}: checkpoints are present but none can be resumed from "
+            f"({'; '.join(problems)}): restore a good copy, or move them away to start over"
+        )
+    return None
+
