@@ -1,11 +1,8 @@
 """Training data: the dataset over preprocessed clips, batching, and data order.
 
-For every `X.wav` in a filelist the preprocessing step has written, beside it:
-
-* `X.wav.soft.pt` - content features, (1, ssl_dim, T_content) (or (ssl_dim, T_content));
-* `X.wav.f0.npy`  - upstream's pickled (f0, uv) pair at the config's hop;
-* `X.spec.pt`     - the linear spectrogram (computed and cached here if absent);
-* `X.wav.vol.npy` - the frame loudness, needed when `model.vol_embedding` is on.
+For every `X.wav` in a filelist the preprocessing step has written its feature
+files beside it (content, pitch, volume; the spectrogram is cached here when
+absent): `feature_files` says what each holds and reads them.
 
 The speaker is the name of the wav's folder, looked up in the config's `spk` map.
 Items follow upstream 4.1's `data_utils.py`: content is stretched to the pitch
@@ -15,9 +12,10 @@ are randomly cropped to 790, and loudness augmentation rescales the audio.
 Two deliberate differences from upstream: the dataset does not reseed or shuffle
 the global `random` module (the sampler decides the order), and data order is
 per-epoch deterministic and resumable mid-epoch (`DistributedEpochSampler`).
-Random crops and augmentation draw from the `random` module of the process that
-loads the item: with `num_workers=0` that is the trainer's own process, so saving
-and restoring `random.getstate()` reproduces them exactly on resume.
+Every random draw of an item (the crop offset, the loudness augmentation) comes
+from its own generator seeded by (seed, epoch, item index), never from the
+random state of whichever process loads it, so a resumed run draws exactly what
+an uninterrupted one would, with any number of data workers.
 """
 
 from __future__ import annotations
@@ -35,14 +33,14 @@ import torch
 import torch.utils.data
 from torch.nn import functional as F
 
+import feature_files as ff
 from core.errors import UserError
-from core.safe_io import atomic_torch_save_once, load_f0_uv, load_torch_data
+from feature_files import RERUN_FEATURES
 from modules.f0_utils import repeat_expand_2d
 from modules.mel_processing import spectrogram_torch
 
 CROP_THRESHOLD_FRAMES = 800  # clips longer than this are cropped ...
 CROP_FRAMES = 790  # ... to this many frames (upstream's numbers)
-LENGTH_TOLERANCE_FRAMES = 3  # upstream's allowed content/spectrogram/audio mismatch
 
 # One loaded item: content (C, T), f0 (T,), spec (F, T), audio (1, T * hop),
 # speaker id (1,), uv (T,), volume (T,) or None.
@@ -50,8 +48,6 @@ Item = tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
     torch.Tensor | None,
 ]
-
-RERUN_PREPROCESS = "rerun preprocess_hubert_f0.py"
 
 
 def load_filepaths(path: str | os.PathLike) -> list[str]:
@@ -72,11 +68,6 @@ def load_filepaths(path: str | os.PathLike) -> list[str]:
         if first:
             paths.append(first.replace("\\", "/"))
     return paths
-
-
-def spec_path_for(wav_path: str) -> str:
-    """Upstream's cache name `filename.replace(".wav", ".spec.pt")` (as preprocessing uses)."""
-    return wav_path.replace(".wav", ".spec.pt")
 
 
 def _option(section: Any, key: str, default: Any) -> Any:
@@ -125,6 +116,7 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         self.spk_map = hparams.spk
         self.vol_emb = bool(_option(hparams.model, "vol_embedding", False))
         self.vol_aug = bool(_option(hparams.train, "vol_aug", False)) and vol_aug
+        self.seed = int(_option(hparams.train, "seed", 1234))
         self.all_in_mem = all_in_mem
         self.cache: list[Item] = []
         if self.all_in_mem:
@@ -142,33 +134,12 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
 
     def _load_spec(self, filename: str, audio_norm: torch.Tensor) -> torch.Tensor:
         """The cached spectrogram, computing and caching it (once) when absent."""
-        spec_filename = spec_path_for(filename)
+        spec_filename = ff.spec_path(filename)
         if not os.path.exists(spec_filename):
             spec = self._spectrogram(audio_norm).contiguous()
-            if atomic_torch_save_once(spec, spec_filename):
+            if ff.write_spec_once(spec_filename, spec):
                 return spec
-        spec = load_torch_data(spec_filename)
-        bins = self.filter_length // 2 + 1
-        if not isinstance(spec, torch.Tensor) or spec.dim() != 2 or spec.shape[0] != bins:
-            raise UserError(
-                f"{spec_filename}: cached spectrogram has shape "
-                f"{tuple(getattr(spec, 'shape', ()))}, expected ({bins}, frames) for "
-                "data.filter_length; delete it (it is recomputed) or "
-                f"{RERUN_PREPROCESS}"
-            )
-        return spec.float()
-
-    def _load_content(self, filename: str) -> torch.Tensor:
-        content_path = filename + ".soft.pt"
-        content = load_torch_data(content_path)
-        if isinstance(content, torch.Tensor) and content.dim() == 3 and content.shape[0] == 1:
-            content = content.squeeze(0)
-        if not isinstance(content, torch.Tensor) or content.dim() != 2 or content.shape[1] == 0:
-            raise UserError(
-                f"{content_path}: expected a (1, ssl_dim, frames) tensor, found "
-                f"{tuple(getattr(content, 'shape', ()))}; {RERUN_PREPROCESS}"
-            )
-        return content.float()
+        return ff.read_spec(spec_filename, self.filter_length)
 
     def get_audio(self, filename: str) -> Item:
         """Load one clip and its features, trimmed to a common frame count."""
@@ -190,48 +161,37 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
             )
         spk = torch.LongTensor([int(self.spk_map[speaker])])
 
-        f0_values, uv_values = load_f0_uv(filename + ".f0.npy")
-        if f0_values.shape != uv_values.shape or f0_values.shape[0] == 0:
-            raise UserError(
-                f"{filename}.f0.npy: f0 has {f0_values.shape[0]} frames but uv has "
-                f"{uv_values.shape[0]}; {RERUN_PREPROCESS}"
-            )
+        f0_values, uv_values = ff.read_pitch(ff.pitch_path(filename))
         f0 = torch.from_numpy(f0_values).float()
         uv = torch.from_numpy(uv_values).float()
 
         content = repeat_expand_2d(
-            self._load_content(filename), f0.shape[0], mode=self.unit_interpolate_mode
+            ff.read_content(ff.content_path(filename)),
+            f0.shape[0],
+            mode=self.unit_interpolate_mode,
         )
 
         volume = None
         if self.vol_emb:
-            volume_path = filename + ".vol.npy"
-            try:
-                volume_values = np.load(volume_path, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as error:
-                raise UserError(
-                    f"{volume_path}: cannot read the volume ({error}); {RERUN_PREPROCESS} "
-                    "with model.vol_embedding on"
-                ) from error
-            volume = torch.from_numpy(np.asarray(volume_values, dtype=np.float32).reshape(-1))
+            volume = torch.from_numpy(ff.read_volume(ff.volume_path(filename)))
 
         frames = min(content.size(-1), spec.size(-1))
-        if abs(content.size(-1) - spec.size(-1)) >= LENGTH_TOLERANCE_FRAMES:
+        if abs(content.size(-1) - spec.size(-1)) >= ff.STREAM_TOLERANCE_FRAMES:
             raise UserError(
                 f"{filename}: pitch has {content.size(-1)} frames but the spectrogram has "
-                f"{spec.size(-1)}; {RERUN_PREPROCESS} (and delete stale .spec.pt files)"
+                f"{spec.size(-1)}; {RERUN_FEATURES} (and delete stale *{ff.SPEC_SUFFIX} files)"
             )
         if abs(audio_norm.shape[1] - frames * self.hop_length) >= (
-            LENGTH_TOLERANCE_FRAMES * self.hop_length
+            ff.STREAM_TOLERANCE_FRAMES * self.hop_length
         ):
             raise UserError(
                 f"{filename}: {audio_norm.shape[1]} samples do not match {frames} frames of "
-                f"data.hop_length {self.hop_length}; {RERUN_PREPROCESS}"
+                f"data.hop_length {self.hop_length}; {RERUN_FEATURES}"
             )
         if volume is not None and volume.shape[0] < frames:
             raise UserError(
-                f"{filename}.vol.npy: {volume.shape[0]} frames, expected {frames}; "
-                f"{RERUN_PREPROCESS}"
+                f"{ff.volume_path(filename)}: {volume.shape[0]} frames, expected {frames}; "
+                f"{RERUN_FEATURES}"
             )
         spec, content, f0, uv = spec[:, :frames], content[:, :frames], f0[:frames], uv[:frames]
         audio_norm = audio_norm[:, : frames * self.hop_length]
@@ -250,19 +210,25 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         spk: torch.Tensor,
         uv: torch.Tensor,
         volume: torch.Tensor | None,
+        rng: random.Random | None = None,
     ) -> Item:
-        """Loudness augmentation (half the time) and the 790-frame crop of long clips."""
-        if self.vol_aug and volume is not None and random.choice([True, False]):
+        """Loudness augmentation (half the time) and the 790-frame crop of long clips.
+
+        Draws from `rng` (upstream's draws, in upstream's order); without one,
+        from a generator seeded for epoch 0 of an unnamed item.
+        """
+        rng = rng if rng is not None else item_rng(self.seed, 0, -1)
+        if self.vol_aug and volume is not None and rng.choice([True, False]):
             max_amp = float(torch.max(torch.abs(audio_norm))) + 1e-5
             max_shift = min(1.0, math.log10(1.0 / max_amp))
-            log10_vol_shift = random.uniform(-1.0, max_shift)
+            log10_vol_shift = rng.uniform(-1.0, max_shift)
             gain = 10**log10_vol_shift
             audio_norm = audio_norm * gain
             volume = volume * gain
             spec = self._spectrogram(audio_norm)[:, : spec.shape[1]]
 
         if spec.shape[1] > CROP_THRESHOLD_FRAMES:
-            start = random.randint(0, spec.shape[1] - CROP_THRESHOLD_FRAMES)
+            start = rng.randint(0, spec.shape[1] - CROP_THRESHOLD_FRAMES)
             end = start + CROP_FRAMES
             spec, content = spec[:, start:end], content[:, start:end]
             f0, uv = f0[start:end], uv[start:end]
@@ -272,11 +238,38 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         return content, f0, spec, audio_norm, spk, uv, volume
 
     def __getitem__(self, index: int) -> Item:
+        """Item `index`; its random draws depend on the epoch an `EpochIndex` carries."""
         item = self.cache[index] if self.all_in_mem else self.get_audio(self.audiopaths[index])
-        return self.random_slice(*item)
+        epoch = index.epoch if isinstance(index, EpochIndex) else 0
+        return self.random_slice(*item, rng=item_rng(self.seed, epoch, int(index)))
 
     def __len__(self) -> int:
         return len(self.audiopaths)
+
+
+class EpochIndex(int):
+    """A dataset index that also carries the epoch it was drawn for.
+
+    The sampler hands these to the data workers with every batch, so an item's
+    random draws can depend on the epoch even in persistent worker processes,
+    which never see the main process's later state. It is an `int` everywhere
+    else (indexing, comparison, printing).
+    """
+
+    epoch: int
+
+    def __new__(cls, index: int, epoch: int) -> EpochIndex:
+        value = super().__new__(cls, index)
+        value.epoch = epoch
+        return value
+
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:
+        return (EpochIndex, (int(self), self.epoch))
+
+
+def item_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """The generator for one item's draws in one epoch: the same in any process."""
+    return random.Random(f"{seed}/{epoch}/{index}")
 
 
 def _pad_stack(tensors: Sequence[torch.Tensor], length: int) -> torch.Tensor:
@@ -395,7 +388,9 @@ class DistributedEpochSampler(torch.utils.data.Sampler[int]):
         return order[self.rank : total : self.num_replicas].tolist()
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices()[self.skip :])
+        return iter(
+            EpochIndex(index, self.epoch) for index in self.epoch_indices()[self.skip :]
+        )
 
     def __len__(self) -> int:
         return self.items_per_rank - self.skip

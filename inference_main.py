@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import soundfile
 
+from core.components import F0_PREDICTORS
 from core.errors import UserError
 from core.safe_io import atomic_write
 from preprocessing.runner import run_cli
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the cluster/retrieval features, 0-1 (0: off)")
     add("-lg", "--linear_gradient", type=float, default=0,
         help="crossfade length in seconds between forced clips")
-    add("-f0p", "--f0_predictor", default="pm", help="pitch predictor: pm, dio, harvest, rmvpe")
+    add("-f0p", "--f0_predictor", default="pm", help="pitch predictor: " + ", ".join(F0_PREDICTORS))
     add("-eh", "--enhance", action="store_true", help="NSF-HiFiGAN enhancer (not supported)")
     add("-shd", "--shallow_diffusion", action="store_true",
         help="shallow diffusion (not supported)")

@@ -18,14 +18,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
-from core.errors import UserError
+from core.components import vocoder_uses_snake
 from modules import attentions, commons
 from modules import modules as blocks
 from modules.commons import get_padding
 from modules.f0_utils import f0_to_coarse, f0_to_lf0, lf0_to_f0, normalize_f0
 from modules.nsf_hifigan import Generator
-
-VOCODERS = {"nsf-hifigan": False, "nsf-snake-hifigan": True}
 
 
 class ResidualCouplingBlock(nn.Module):
@@ -291,11 +289,7 @@ class SynthesizerTrn(nn.Module):
         **kwargs: Any,  # n_layers_q, speaker_embedding, speech_encoder, ...: ignored as upstream
     ) -> None:
         super().__init__()
-        if vocoder_name not in VOCODERS:
-            raise UserError(
-                f"config model.vocoder_name: unknown vocoder {vocoder_name!r}; "
-                f"use one of {', '.join(sorted(VOCODERS))}"
-            )
+        snake = vocoder_uses_snake(vocoder_name)
         self.spec_channels = spec_channels
         self.segment_size = segment_size
         self.inter_channels = inter_channels
@@ -329,7 +323,7 @@ class SynthesizerTrn(nn.Module):
             upsample_initial_channel=upsample_initial_channel,
             upsample_kernel_sizes=upsample_kernel_sizes,
             gin_channels=gin_channels,
-            snake=VOCODERS[vocoder_name],
+            snake=snake,
         )
         # The posterior WaveNet always has 16 layers (n_layers_q is ignored, as upstream).
         self.enc_q = Encoder(

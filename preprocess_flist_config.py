@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from preprocessing.flist_config import ENCODER_WIDTHS, make_filelists_and_config
+from core.components import SPEECH_ENCODERS
+from preprocessing.flist_config import make_filelists_and_config
 from preprocessing.runner import run_cli
 
 CONFIG_PATH = "configs/config.json"
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val_list", default="./filelists/val.txt")
     parser.add_argument("--source_dir", default="./dataset/44k")
     parser.add_argument(
-        "--speech_encoder", default="vec768l12", help="one of: " + ", ".join(ENCODER_WIDTHS)
+        "--speech_encoder", default="vec768l12", help="one of: " + ", ".join(SPEECH_ENCODERS)
     )
     parser.add_argument(
         "--vol_aug", action="store_true", help="volume embedding and volume augmentation"

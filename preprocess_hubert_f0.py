@@ -16,8 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from core.components import F0_PREDICTORS
 from core.errors import UserError
-from preprocessing.features import F0_PREDICTORS, extract_dataset_features, load_settings
+from preprocessing.features import extract_dataset_features, load_settings
 from preprocessing.runner import run_cli
 
 

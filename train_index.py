@@ -33,13 +33,15 @@ from cluster.train_cluster import load_speaker_features
 from core.errors import UserError
 from core.hparams import get_hparams_from_file
 from core.safe_io import atomic_write
+from feature_files import CONTENT_SUFFIX
 from preprocessing.runner import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Upstream's flags plus `--seed`, `--upstream_pickle`, `--convert`, `--trust_pickle`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root_dir", default="dataset/44k", help="folder of <speaker>/*.soft.pt")
+    parser.add_argument("--root_dir", default="dataset/44k",
+                        help=f"folder of <speaker>/*{CONTENT_SUFFIX}")
     parser.add_argument("-c", "--config", default="./configs/config.json",
                         help="config whose spk map names the speakers")
     parser.add_argument("--output_dir", default="logs/44k", help="where the index is written")

@@ -44,8 +44,6 @@ def latest_checkpoint_path(dir_path: str | os.PathLike, regex: str = "G_*.pth") 
     return None
 
 
-
-
 def remove_stale_temp_files(model_dir: str | os.PathLike) -> list[str]:
     """Delete temporary files of checkpoints whose save was killed part-way."""
     return remove_temp_files_matching(Path(model_dir).glob(".[GD]_*.pth.*.tmp"))

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import torch
 
+import feature_files as ff
 from cluster import KMeansCenters, save_cluster_model
 from core.errors import UserError
-from core.safe_io import load_torch_data
 from preprocessing.runner import run_cli
 
 logger = logging.getLogger("so-vits-svc.cluster")
@@ -34,15 +34,12 @@ logger = logging.getLogger("so-vits-svc.cluster")
 
 def load_speaker_features(speaker_dir: Path) -> np.ndarray:
     """All content frames (N, D) float32 of one speaker's `*.soft.pt` files, in name order."""
-    paths = sorted(speaker_dir.glob("*.soft.pt"))
+    paths = sorted(speaker_dir.glob(f"*{ff.CONTENT_SUFFIX}"))
     if not paths:
-        raise UserError(f"{speaker_dir}: no *.soft.pt features: run preprocess_hubert_f0.py first")
-    frames = []
-    for path in paths:
-        content = load_torch_data(path)
-        if not isinstance(content, torch.Tensor) or content.dim() not in (2, 3):
-            raise UserError(f"{path}: not a (1, dim, frames) feature tensor: rerun preprocessing")
-        frames.append(content.reshape(content.shape[-2], content.shape[-1]).T.float().numpy())
+        raise UserError(
+            f"{speaker_dir}: no *{ff.CONTENT_SUFFIX} features: run preprocess_hubert_f0.py first"
+        )
+    frames = [ff.read_content(str(path)).T.numpy() for path in paths]
     widths = {block.shape[1] for block in frames}
     if len(widths) != 1:
         raise UserError(
@@ -97,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Upstream's flags plus `--n_clusters`, `--seed` and `--minibatch`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=Path("./dataset/44k"),
-                        help="folder of <speaker>/*.soft.pt features")
+                        help=f"folder of <speaker>/*{ff.CONTENT_SUFFIX} features")
     parser.add_argument("--output", type=Path, default=Path("logs/44k"),
                         help="folder the cluster model is written to")
     parser.add_argument("--gpu", action="store_true", help="run k-means on the GPU (torch)")

@@ -27,34 +27,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core import components
 from core.errors import UserError
+from feature_files import VOLUME_SUFFIX
 
 REQUIRED = object()
 """Marker for "no default: the key must be present"."""
 
-VOCODER_NAMES = ("nsf-hifigan", "nsf-snake-hifigan")
 HALF_TYPES = ("fp16", "bf16")
 # "left" is upstream's own repeat-expansion; the rest are torch interpolate modes
 # that work on (1, C, T) content.
 UNIT_INTERPOLATE_MODES = ("left", "nearest", "linear", "area", "nearest-exact")
 RESBLOCK_KINDS = ("1", "2")
-
-# Width of the content features each upstream speech encoder produces.
-SPEECH_ENCODER_DIMS: dict[str, int] = {
-    "vec768l12": 768,
-    "vec768l12-onnx": 768,
-    "vec768l9-onnx": 768,
-    "vec256l9": 256,
-    "vec256l9-onnx": 256,
-    "vec256l12-onnx": 256,
-    "hubertsoft": 256,
-    "hubertsoft-onnx": 256,
-    "whisper-ppg": 1024,
-    "whisper-ppg-large": 1280,
-    "cnhubertlarge": 1024,
-    "dphubert": 768,
-    "wavlmbase+": 768,
-}
 
 SECTIONS = ("train", "data", "model", "spk")
 
@@ -168,7 +152,12 @@ SCHEMA: tuple[KeySpec, ...] = tuple(
             ("vocoder_name", "str", "Decoder: nsf-hifigan or nsf-snake-hifigan.", "nsf-hifigan"),
             ("speech_encoder", "str", "Content encoder used by preprocessing.", "vec768l12"),
             ("speaker_embedding", "bool", "Unused (kept for upstream compat.).", False, "ignored"),
-            ("vol_embedding", "bool", "Condition the model on loudness (.vol.npy files).", False),
+            (
+                "vol_embedding",
+                "bool",
+                f"Condition the model on loudness ({VOLUME_SUFFIX} files).",
+                False,
+            ),
             ("use_depthwise_conv", "bool", "Depthwise-separable WaveNet convs.", False),
             ("flow_share_parameter", "bool", "Share one WaveNet across flow layers.", False),
             ("use_automatic_f0_prediction", "bool", "Train the f0 predictor.", True),
@@ -365,21 +354,19 @@ def _model_values(model: Mapping[str, Any], data: Mapping[str, Any]) -> list[str
             f"(= {math.prod(rates)}); make them agree"
         )
     vocoder = model.get("vocoder_name")
-    if isinstance(vocoder, str) and vocoder not in VOCODER_NAMES:
-        problems.append(f"model.vocoder_name is {vocoder!r}; use one of {', '.join(VOCODER_NAMES)}")
+    if isinstance(vocoder, str) and components.vocoder_problem(vocoder):
+        problems.append(components.vocoder_problem(vocoder))
     encoder = model.get("speech_encoder")
-    if isinstance(encoder, str) and encoder not in SPEECH_ENCODER_DIMS:
-        problems.append(
-            f"model.speech_encoder is {encoder!r}; use one of {', '.join(SPEECH_ENCODER_DIMS)}"
-        )
+    if isinstance(encoder, str) and components.speech_encoder_problem(encoder):
+        problems.append(components.speech_encoder_problem(encoder))
     return problems
 
 
 def _model_warnings(model: Mapping[str, Any]) -> list[str]:
     """Suspicious but trainable model settings."""
     encoder, ssl_dim = model.get("speech_encoder"), model.get("ssl_dim")
-    if encoder in SPEECH_ENCODER_DIMS and _is_int(ssl_dim):
-        width = SPEECH_ENCODER_DIMS[encoder]
+    if encoder in components.SPEECH_ENCODERS and _is_int(ssl_dim):
+        width = components.SPEECH_ENCODERS[encoder].width
         if width != ssl_dim:
             return [
                 f"model.ssl_dim {ssl_dim} differs from the width {width} of "

@@ -12,7 +12,6 @@ safe loaders, so a tampered `.f0.npy` or `.pt` is refused without running code.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -21,14 +20,10 @@ import numpy as np
 import soundfile
 import torch
 
+import feature_files as ff
 from core.errors import UserError
-from core.safe_io import load_f0_uv, load_torch_data
+from feature_files import RERUN_FEATURES
 
-ENCODER_SAMPLING_RATE = 16000
-ENCODER_HOP = 320  # every upstream speech encoder emits one frame per 20 ms of 16 kHz audio
-FRAME_TOLERANCE = 3  # the loader's allowed pitch/spectrogram/audio mismatch, in frames
-
-RERUN_FEATURES = "rerun preprocess_hubert_f0.py"
 RERUN_FILELISTS = "rerun preprocess_flist_config.py"
 
 
@@ -53,47 +48,13 @@ def _settings(hps: Any) -> _Settings:
     )
 
 
-def spec_frames(num_samples: int, filter_length: int, hop_length: int) -> int:
-    """Frames of `spectrogram_torch(center=False)` (reflect-padded by (n_fft - hop) / 2 a side)."""
-    pad = int((filter_length - hop_length) / 2)
-    return max(0, (num_samples + 2 * pad - filter_length) // hop_length + 1)
-
-
-def expected_content_frames(num_samples: int, sampling_rate: int) -> float:
-    """About how many content frames a speech encoder gives for this much audio."""
-    return math.ceil(num_samples * ENCODER_SAMPLING_RATE / sampling_rate) / ENCODER_HOP
-
-
-def _spec_path(wav: str) -> str:
-    return wav.replace(".wav", ".spec.pt")
-
-
 def _check_content(wav: str, settings: _Settings, problems: list[str]) -> int | None:
     """Check `X.wav.soft.pt`; return its frame count when usable."""
-    path = wav + ".soft.pt"
-    if not os.path.exists(path):
-        problems.append(f"{path}: content features missing; {RERUN_FEATURES}")
-        return None
+    path = ff.content_path(wav)
     try:
-        content = load_torch_data(path)
+        content = ff.read_content(path, settings.ssl_dim)
     except UserError as error:
         problems.append(str(error))
-        return None
-    if isinstance(content, torch.Tensor) and content.dim() == 3 and content.shape[0] == 1:
-        content = content[0]
-    if not isinstance(content, torch.Tensor) or content.dim() != 2 or content.shape[1] == 0:
-        shape = tuple(getattr(content, "shape", ()))
-        problems.append(
-            f"{path}: expected a (1, ssl_dim, frames) tensor, found {type(content).__name__} "
-            f"{shape}; {RERUN_FEATURES}"
-        )
-        return None
-    if content.shape[0] != settings.ssl_dim:
-        problems.append(
-            f"{path}: content width {content.shape[0]} != model.ssl_dim {settings.ssl_dim}; "
-            "the features come from another speech encoder: set model.speech_encoder and "
-            f"ssl_dim to match, or {RERUN_FEATURES}"
-        )
         return None
     if not torch.isfinite(content).all():
         problems.append(f"{path}: content features hold NaN or infinity; {RERUN_FEATURES}")
@@ -102,23 +63,11 @@ def _check_content(wav: str, settings: _Settings, problems: list[str]) -> int | 
 
 def _check_pitch(wav: str, problems: list[str]) -> int | None:
     """Check `X.wav.f0.npy`; return its frame count when usable."""
-    path = wav + ".f0.npy"
-    if not os.path.exists(path):
-        problems.append(f"{path}: pitch file missing; {RERUN_FEATURES}")
-        return None
+    path = ff.pitch_path(wav)
     try:
-        f0, uv = load_f0_uv(path)
+        f0, uv = ff.read_pitch(path)
     except UserError as error:
         problems.append(str(error))
-        return None
-    if f0.ndim != 1 or f0.shape != uv.shape:
-        problems.append(
-            f"{path}: f0 has {f0.shape} values but uv has {uv.shape}; they must be equal: "
-            f"{RERUN_FEATURES}"
-        )
-        return None
-    if f0.shape[0] == 0:
-        problems.append(f"{path}: pitch file is empty; {RERUN_FEATURES}")
         return None
     if not (np.isfinite(f0).all() and np.isfinite(uv).all()):
         problems.append(f"{path}: pitch holds NaN or infinity; {RERUN_FEATURES}")
@@ -127,34 +76,28 @@ def _check_pitch(wav: str, problems: list[str]) -> int | None:
 
 def _check_cached_spec(wav: str, settings: _Settings, frames: int | None) -> list[str]:
     """A cached `X.spec.pt`, if present, must fit data.filter_length and the audio."""
-    path = _spec_path(wav)
+    path = ff.spec_path(wav)
     if not os.path.exists(path):
         return []  # the loader computes it
-    fix = "delete it (the trainer recomputes it) or " + RERUN_FEATURES
     try:
-        spec = load_torch_data(path)
+        spec = ff.read_spec(path, settings.filter_length)
     except UserError as error:
-        return [f"{error} ({fix})"]
-    bins = settings.filter_length // 2 + 1
-    if not isinstance(spec, torch.Tensor) or spec.dim() != 2 or spec.shape[0] != bins:
-        shape = tuple(getattr(spec, "shape", ()))
-        return [f"{path}: spectrogram shape {shape}, expected ({bins}, frames); {fix}"]
-    if frames is not None and abs(spec.shape[1] - frames) >= FRAME_TOLERANCE:
-        return [f"{path}: spectrogram has {spec.shape[1]} frames, the audio {frames}; {fix}"]
+        return [str(error)]
+    if frames is not None and abs(spec.shape[1] - frames) >= ff.STREAM_TOLERANCE_FRAMES:
+        return [
+            f"{path}: spectrogram has {spec.shape[1]} frames, the audio {frames}; delete it "
+            f"(the trainer recomputes it) or {RERUN_FEATURES}"
+        ]
     return []
 
 
 def _check_volume(wav: str, frames: int | None) -> list[str]:
-    path = wav + ".vol.npy"
-    if not os.path.exists(path):
-        return [f"{path}: volume missing but model.vol_embedding is on; {RERUN_FEATURES}"]
+    path = ff.volume_path(wav)
     try:
-        volume = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        return [f"{path}: cannot be read as an array ({error}); {RERUN_FEATURES}"]
-    if volume.ndim != 1:
-        return [f"{path}: volume has shape {volume.shape}, expected (frames,); {RERUN_FEATURES}"]
-    if frames is not None and volume.shape[0] < frames - FRAME_TOLERANCE + 1:
+        volume = ff.read_volume(path)
+    except UserError as error:
+        return [str(error)]
+    if frames is not None and volume.shape[0] < frames - ff.STREAM_TOLERANCE_FRAMES + 1:
         return [f"{path}: volume has {volume.shape[0]} frames, expected {frames}; {RERUN_FEATURES}"]
     return []
 
@@ -190,7 +133,7 @@ def check_item(wav: str, settings: _Settings) -> list[str]:
             f"{2 * settings.hop_length}); remove it from the filelist"
         )
     else:
-        audio_frames = spec_frames(info.frames, settings.filter_length, settings.hop_length)
+        audio_frames = ff.spec_frames(info.frames, settings.filter_length, settings.hop_length)
 
     speaker = os.path.basename(os.path.dirname(wav))
     if speaker not in settings.speakers:
@@ -208,21 +151,24 @@ def check_item(wav: str, settings: _Settings) -> list[str]:
     if (
         audio_frames is not None
         and pitch_frames is not None
-        and abs(pitch_frames - audio_frames) >= FRAME_TOLERANCE
+        and abs(pitch_frames - audio_frames) >= ff.STREAM_TOLERANCE_FRAMES
     ):
         problems.append(
-            f"{wav}.f0.npy: {pitch_frames} pitch frames, but the audio has {audio_frames} "
+            f"{ff.pitch_path(wav)}: {pitch_frames} pitch frames, but the audio has {audio_frames} "
             f"frames of data.hop_length {settings.hop_length}; the pitch was extracted "
             f"with another hop or clip: {RERUN_FEATURES}"
         )
-    if audio_frames is not None and content_frames is not None:
-        expected = expected_content_frames(info.frames, settings.sampling_rate)
-        if abs(content_frames - expected) > max(5.0, 0.25 * expected):
-            problems.append(
-                f"{wav}.soft.pt: {content_frames} content frames, expected about "
-                f"{expected:.0f} for {info.frames / info.samplerate:.2f} s of audio; the "
-                f"features belong to another clip: {RERUN_FEATURES}"
-            )
+    if (
+        audio_frames is not None
+        and content_frames is not None
+        and not ff.content_belongs_to_clip(content_frames, info.frames, settings.sampling_rate)
+    ):
+        expected = ff.expected_content_frames(info.frames, settings.sampling_rate)
+        problems.append(
+            f"{ff.content_path(wav)}: {content_frames} content frames, expected about "
+            f"{expected:.0f} for {info.frames / info.samplerate:.2f} s of audio; the "
+            f"features belong to another clip: {RERUN_FEATURES}"
+        )
     return problems
 
 

@@ -39,6 +39,7 @@ from checkpoint import load_generator
 from cluster.feature_index import FeatureRetriever, load_feature_index
 from core.errors import UserError
 from core.hparams import get_hparams_from_file
+from feature_files import ENCODER_SAMPLING_RATE
 from inference import slicer
 from inference.spk_mix import build_mix_weights
 from models import SynthesizerTrn
@@ -46,7 +47,6 @@ from modules.f0_utils import VolumeExtractor, repeat_expand_2d
 
 logger = logging.getLogger("so-vits-svc.inference")
 
-ENCODER_SAMPLING_RATE = 16000
 DEFAULT_SEED = 52468
 
 SpeakerSpec = str | int | torch.Tensor

@@ -1,4 +1,4 @@
-"""Transformer blocks of so-vits-svc: the relative-position encoder and the FFT block."""
+"""Transformer blocks of so-vits-svc: channel LayerNorm, the relative-position encoder, FFT."""
 
 from __future__ import annotations
 
@@ -10,7 +10,22 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 from modules import commons
-from modules.modules import LayerNorm
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the channel axis of (B, C, T) tensors (params gamma/beta)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.channels = channels
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(1, -1)
+        x = F.layer_norm(x, (self.channels,), self.gamma, self.beta, self.eps)
+        return x.transpose(1, -1)
 
 
 class MultiHeadAttention(nn.Module):

@@ -30,11 +30,6 @@ def get_padding(kernel_size: int, dilation: int = 1) -> int:
     return int((kernel_size * dilation - dilation) / 2)
 
 
-def convert_pad_shape(pad_shape: list[list[int]]) -> list[int]:
-    """Turn [[l, r] per dim, first dim first] into F.pad's flat last-dim-first list."""
-    return [item for pair in pad_shape[::-1] for item in pair]
-
-
 def sequence_mask(length: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
     """Boolean mask (B, T): True for positions before each sequence's length."""
     if max_length is None:
@@ -117,27 +112,3 @@ def draw_rand(
 ) -> torch.Tensor:
     """Uniform [0, 1) noise shaped `shape`, on like's device and dtype."""
     return torch.rand(tuple(shape), generator=generator, dtype=like.dtype, device=like.device)
-
-
-def kl_divergence(
-    m_p: torch.Tensor, logs_p: torch.Tensor, m_q: torch.Tensor, logs_q: torch.Tensor
-) -> torch.Tensor:
-    """Element-wise KL(P || Q) between diagonal Gaussians."""
-    kl = (logs_q - logs_p) - 0.5
-    return kl + 0.5 * (torch.exp(2.0 * logs_p) + (m_p - m_q) ** 2) * torch.exp(-2.0 * logs_q)
-
-
-def clip_grad_value_(
-    parameters: torch.Tensor | list[torch.Tensor], clip_value: float | None, norm_type: float = 2
-) -> float:
-    """Clamp gradients to +-clip_value (if given) and return their total norm."""
-    if isinstance(parameters, torch.Tensor):
-        parameters = [parameters]
-    grads = [p.grad for p in parameters if p.grad is not None]
-    norm_type = float(norm_type)
-    total = 0.0
-    for grad in grads:
-        total += grad.data.norm(norm_type).item() ** norm_type
-        if clip_value is not None:
-            grad.data.clamp_(min=-float(clip_value), max=float(clip_value))
-    return total ** (1.0 / norm_type)

@@ -1,14 +1,13 @@
-"""Convolutional building blocks: LayerNorm, WaveNet stack, coupling layers."""
+"""Convolutional building blocks: the WaveNet stack and the flow's coupling layers."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-from modules import commons
+from modules import attentions, commons
 
 LRELU_SLOPE = 0.1
 
@@ -65,22 +64,6 @@ def strip_weight_norm(module: nn.Module) -> None:
     for sub in module.modules():
         if parametrize.is_parametrized(sub, "weight"):
             parametrize.remove_parametrizations(sub, "weight", leave_parametrized=True)
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm over the channel axis of (B, C, T) tensors (params gamma/beta)."""
-
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.channels = channels
-        self.eps = eps
-        self.gamma = nn.Parameter(torch.ones(channels))
-        self.beta = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.transpose(1, -1)
-        x = F.layer_norm(x, (self.channels,), self.gamma, self.beta, self.eps)
-        return x.transpose(1, -1)
 
 
 class WN(nn.Module):
@@ -264,9 +247,6 @@ class TransformerCouplingLayer(_CouplingBase):
         self.mean_only = mean_only
         self.pre = nn.Conv1d(self.half_channels, hidden_channels, 1)
         if wn_sharing_parameter is None:
-            # Imported here: attentions needs LayerNorm from this module.
-            from modules import attentions
-
             self.enc = attentions.FFT(
                 hidden_channels,
                 filter_channels,

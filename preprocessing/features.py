@@ -16,7 +16,6 @@ else is recomputed and written atomically, so a killed run resumes cleanly.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,24 +26,12 @@ import numpy as np
 import soundfile
 import torch
 
+import feature_files as ff
+from core.components import require_f0_predictor
 from core.errors import UserError
-from core.safe_io import (
-    atomic_np_save,
-    atomic_torch_save,
-    load_f0_uv,
-    load_torch_data,
-    save_f0_uv,
-)
-from core.safe_io import remove_stale_temp_files as remove_temp_files
 from preprocessing.runner import ItemResult, RunSummary, run_parallel
 
-ENCODER_SR = 16000
-ENCODER_HOP = 320  # samples per content frame at 16 kHz (20 ms)
-MIN_ENCODER_SAMPLES = 400  # the first conv layer's receptive field at 16 kHz
 SILENCE_PEAK = 1e-4
-FRAME_TOLERANCE = 2
-F0_PREDICTORS = ("rmvpe", "dio", "harvest", "pm", "crepe", "fcpe")
-OUTPUT_SUFFIXES = (".soft.pt", ".f0.npy", ".spec.pt", ".vol.npy")
 
 # Per-process cache of the loaded models, filled by `init_worker` (the pool
 # initializer, or a direct call for in-process runs): models load once per
@@ -71,26 +58,6 @@ class FeatureSettings:
     encoder_path: str | None
     device: str
     force: bool
-
-
-# --------------------------------------------------------------------------- paths
-
-
-def soft_path(wav_path: str) -> str:
-    return wav_path + ".soft.pt"
-
-
-def f0_path(wav_path: str) -> str:
-    return wav_path + ".f0.npy"
-
-
-def spec_path(wav_path: str) -> str:
-    """Upstream's `filename.replace(".wav", ".spec.pt")`, which data loaders also use."""
-    return wav_path.replace(".wav", ".spec.pt")
-
-
-def vol_path(wav_path: str) -> str:
-    return wav_path + ".vol.npy"
 
 
 # --------------------------------------------------------------------------- settings
@@ -127,11 +94,7 @@ def load_settings(
         raise UserError(
             f"{config_path}: sections data/model missing: rerun preprocess_flist_config.py"
         )
-    if f0_predictor not in F0_PREDICTORS:
-        raise UserError(
-            f"--f0_predictor {f0_predictor}: unknown predictor; choose one of "
-            + ", ".join(F0_PREDICTORS)
-        )
+    require_f0_predictor(f0_predictor)
     if encoder_path is not None and not Path(encoder_path).is_file():
         raise UserError(f"--encoder_path {encoder_path}: file not found")
     if device is None:
@@ -164,46 +127,21 @@ def load_settings(
 # --------------------------------------------------------------------------- expected shapes
 
 
-def spec_frames(num_samples: int, filter_length: int, hop_length: int) -> int:
-    """Frames of `spectrogram_torch(center=False)`: reflect-padded by (n_fft - hop) / 2 a side."""
-    pad = int((filter_length - hop_length) / 2)
-    return (num_samples + 2 * pad - filter_length) // hop_length + 1
-
-
-def encoder_samples(num_samples: int, sampling_rate: int) -> int:
-    """Length of the audio after resampling to 16 kHz (soxr keeps ceil(n * ratio))."""
-    return math.ceil(num_samples * ENCODER_SR / sampling_rate)
-
-
 def _check_soft(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
     """None when the stored content features fit; otherwise why they must be recomputed."""
-    if not os.path.exists(path):
-        return "missing"
-    try:
-        content = load_torch_data(path)
-    except UserError as error:
-        return str(error)
-    if not isinstance(content, torch.Tensor) or content.dim() != 3 or content.shape[0] != 1:
-        return "not a (1, dim, frames) tensor"
-    if content.shape[1] != settings.ssl_dim:
-        return f"width {content.shape[1]} != model.ssl_dim {settings.ssl_dim}"
-    expected = encoder_samples(num_samples, settings.sampling_rate) / ENCODER_HOP
-    if abs(content.shape[2] - expected) > FRAME_TOLERANCE:
-        return f"{content.shape[2]} frames, expected about {expected:.0f}"
+    content = ff.read_content(path, settings.ssl_dim)
+    expected = ff.expected_content_frames(num_samples, settings.sampling_rate)
+    if abs(content.shape[1] - expected) > ff.CONTENT_TOLERANCE_FRAMES:
+        return f"{content.shape[1]} frames, expected about {expected:.0f}"
     if not torch.isfinite(content).all():
         return "non-finite values"
     return None
 
 
 def _check_f0(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
-    if not os.path.exists(path):
-        return "missing"
-    try:
-        f0, uv = load_f0_uv(path)
-    except UserError as error:
-        return str(error)
-    expected = num_samples // settings.hop_length
-    if abs(len(f0) - expected) > 1:
+    f0, uv = ff.read_pitch(path)
+    expected = ff.pitch_frames(num_samples, settings.hop_length)
+    if abs(len(f0) - expected) > ff.PITCH_TOLERANCE_FRAMES:
         return f"{len(f0)} pitch frames, expected {expected}"
     if not (np.all(np.isfinite(f0)) and np.all(np.isfinite(uv))):
         return "non-finite values"
@@ -211,33 +149,20 @@ def _check_f0(path: str, settings: FeatureSettings, num_samples: int) -> str | N
 
 
 def _check_spec(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
-    if not os.path.exists(path):
-        return "missing"
-    try:
-        spec = load_torch_data(path)
-    except UserError as error:
-        return str(error)
-    expected = (
-        settings.filter_length // 2 + 1,
-        spec_frames(num_samples, settings.filter_length, settings.hop_length),
-    )
-    if not isinstance(spec, torch.Tensor) or tuple(spec.shape) != expected:
-        return f"shape {tuple(getattr(spec, 'shape', ()))}, expected {expected}"
+    spec = ff.read_spec(path, settings.filter_length)
+    frames = ff.spec_frames(num_samples, settings.filter_length, settings.hop_length)
+    if spec.shape[1] != frames:
+        return f"{spec.shape[1]} frames, expected {frames}"
     if not torch.isfinite(spec).all():
         return "non-finite values"
     return None
 
 
 def _check_vol(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
-    if not os.path.exists(path):
-        return "missing"
-    try:
-        volume = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        return f"unreadable ({error})"
-    expected = num_samples // settings.hop_length
-    if volume.ndim != 1 or abs(volume.shape[0] - expected) > 1:
-        return f"shape {volume.shape}, expected ({expected},)"
+    volume = ff.read_volume(path)
+    expected = ff.pitch_frames(num_samples, settings.hop_length)
+    if abs(volume.shape[0] - expected) > ff.PITCH_TOLERANCE_FRAMES:
+        return f"{volume.shape[0]} frames, expected {expected}"
     if not np.all(np.isfinite(volume)):
         return "non-finite values"
     return None
@@ -246,17 +171,24 @@ def _check_vol(path: str, settings: FeatureSettings, num_samples: int) -> str | 
 def stale_outputs(wav_path: str, settings: FeatureSettings, num_samples: int) -> dict[str, str]:
     """Which outputs must be (re)computed, mapped to the reason; empty when all fit."""
     checks = {
-        "soft": (soft_path(wav_path), _check_soft),
-        "f0": (f0_path(wav_path), _check_f0),
-        "spec": (spec_path(wav_path), _check_spec),
+        "soft": (ff.content_path(wav_path), _check_soft),
+        "f0": (ff.pitch_path(wav_path), _check_f0),
+        "spec": (ff.spec_path(wav_path), _check_spec),
     }
     if settings.vol_embedding:
-        checks["vol"] = (vol_path(wav_path), _check_vol)
+        checks["vol"] = (ff.volume_path(wav_path), _check_vol)
     stale: dict[str, str] = {}
     for name, (path, check) in checks.items():
-        reason = "recompute requested (--force)" if settings.force else check(
-            path, settings, num_samples
-        )
+        if settings.force:
+            stale[name] = "recompute requested (--force)"
+            continue
+        if not os.path.exists(path):
+            stale[name] = "missing"
+            continue
+        try:
+            reason = check(path, settings, num_samples)
+        except UserError as error:
+            reason = str(error)
         if reason is not None:
             stale[name] = reason
     return stale
@@ -292,7 +224,7 @@ def read_dataset_wav(path: str, sampling_rate: int) -> np.ndarray:
 def _too_short_reason(num_samples: int, settings: FeatureSettings) -> str | None:
     if num_samples < 2 * settings.hop_length or num_samples < settings.filter_length // 2:
         return f"too short ({num_samples} samples, need at least {2 * settings.hop_length})"
-    if encoder_samples(num_samples, settings.sampling_rate) < MIN_ENCODER_SAMPLES:
+    if ff.encoder_samples(num_samples, settings.sampling_rate) < ff.MIN_ENCODER_SAMPLES:
         return "too short for the speech encoder (under 25 ms)"
     return None
 
@@ -377,18 +309,19 @@ def compute_features(
     written: list[str] = []
     audio_norm = torch.from_numpy(wav).unsqueeze(0)
     if "soft" in which:
-        wav16k = librosa.resample(wav, orig_sr=settings.sampling_rate, target_sr=ENCODER_SR)
+        wav16k = librosa.resample(
+            wav, orig_sr=settings.sampling_rate, target_sr=ff.ENCODER_SAMPLING_RATE
+        )
         with torch.inference_mode():
             content = models["encoder"].encode(torch.from_numpy(wav16k).to(settings.device))
-        content = content.detach().to("cpu", torch.float32).contiguous().clone()
         if content.dim() != 3 or content.shape[1] != settings.ssl_dim:
             raise RuntimeError(f"encoder returned shape {tuple(content.shape)}")
-        atomic_torch_save(content, soft_path(wav_path))
-        written.append(soft_path(wav_path))
+        ff.write_content(ff.content_path(wav_path), content)
+        written.append(ff.content_path(wav_path))
     if "f0" in which:
         f0, uv = models["predictor"].compute_f0_uv(wav)
-        save_f0_uv(f0_path(wav_path), np.asarray(f0), np.asarray(uv))
-        written.append(f0_path(wav_path))
+        ff.write_pitch(ff.pitch_path(wav_path), f0, uv)
+        written.append(ff.pitch_path(wav_path))
     if "spec" in which:
         spec = spectrogram_torch(
             audio_norm,
@@ -398,16 +331,14 @@ def compute_features(
             settings.win_length,
             center=False,
         )
-        spec = torch.squeeze(spec, 0).contiguous().clone()
-        atomic_torch_save(spec, spec_path(wav_path))
-        written.append(spec_path(wav_path))
+        ff.write_spec(ff.spec_path(wav_path), torch.squeeze(spec, 0))
+        written.append(ff.spec_path(wav_path))
     if "vol" in which:
         from modules.f0_utils import VolumeExtractor
 
         volume = VolumeExtractor(settings.hop_length).extract(audio_norm)
-        volume_np = np.asarray(torch.as_tensor(volume).detach().cpu().numpy(), dtype=np.float32)
-        atomic_np_save(vol_path(wav_path), volume_np.reshape(-1))
-        written.append(vol_path(wav_path))
+        ff.write_volume(ff.volume_path(wav_path), torch.as_tensor(volume))
+        written.append(ff.volume_path(wav_path))
     return written
 
 
@@ -433,25 +364,12 @@ def find_wavs(in_dir: str) -> list[str]:
     return wavs
 
 
-def remove_stale_temp_files(wav_paths: list[str]) -> int:
-    """Delete temporary files a killed run left beside the wavs (`.X.wav.soft.pt.*.tmp`)."""
-    removed = 0
-    for folder in sorted({os.path.dirname(path) for path in wav_paths}):
-        leftovers = [
-            leftover
-            for leftover in Path(folder).glob(".*.tmp")
-            if any(f"{suffix}." in leftover.name for suffix in OUTPUT_SUFFIXES)
-        ]
-        removed += len(remove_temp_files(leftovers))
-    return removed
-
-
 def extract_dataset_features(
     in_dir: str, settings: FeatureSettings, num_processes: int = 1
 ) -> RunSummary:
     """Compute features for every wav under `in_dir`; bad files are reported, never fatal."""
     wavs = find_wavs(in_dir)
-    remove_stale_temp_files(wavs)
+    ff.remove_stale_feature_temp_files(sorted({os.path.dirname(path) for path in wavs}))
     results = run_parallel(
         process_wav,
         wavs,

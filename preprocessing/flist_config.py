@@ -19,6 +19,7 @@ from typing import Any
 
 import soundfile
 
+from core import components
 from core.errors import UserError
 from core.safe_io import atomic_write
 
@@ -26,19 +27,6 @@ MIN_SECONDS = 0.3
 VAL_PER_SPEAKER = 2
 TINY_FILTER_CHANNELS = 512
 REPO_DIR = Path(__file__).resolve().parent.parent
-
-# Content width per speech encoder, and whether upstream also sets
-# `filter_channels` to it (it does not for the 256-wide encoders).
-ENCODER_WIDTHS: dict[str, tuple[int, bool]] = {
-    "vec768l12": (768, True),
-    "dphubert": (768, True),
-    "wavlmbase+": (768, True),
-    "vec256l9": (256, False),
-    "hubertsoft": (256, False),
-    "whisper-ppg": (1024, True),
-    "cnhubertlarge": (1024, True),
-    "whisper-ppg-large": (1280, True),
-}
 
 _PLAIN_NAME = re.compile(r"^[.a-zA-Z0-9_/]+$")
 
@@ -158,21 +146,16 @@ def build_config(
     tiny: bool = False,
 ) -> dict[str, Any]:
     """Fill a template with the speakers and the encoder's width as upstream does."""
-    if speech_encoder not in ENCODER_WIDTHS:
-        known = ", ".join(ENCODER_WIDTHS)
-        raise UserError(
-            f"--speech_encoder {speech_encoder}: unknown encoder; choose one of {known}"
-        )
+    encoder = components.speech_encoder(speech_encoder, where="--speech_encoder")
     config = copy.deepcopy(template)
     model = config["model"]
     config["spk"] = dict(speakers)
     model["n_speakers"] = len(speakers)
     model["speech_encoder"] = speech_encoder
-    width, sets_filter_channels = ENCODER_WIDTHS[speech_encoder]
-    model["ssl_dim"] = width
-    model["gin_channels"] = width
-    if sets_filter_channels:
-        model["filter_channels"] = width
+    model["ssl_dim"] = encoder.width
+    model["gin_channels"] = encoder.width
+    if encoder.sets_filter_channels:
+        model["filter_channels"] = encoder.width
     if vol_aug:
         config["train"]["vol_aug"] = True
         model["vol_embedding"] = True
@@ -208,8 +191,7 @@ def make_filelists_and_config(
     config_path: str = "configs/config.json",
 ) -> DatasetSplit:
     """The whole command: split, write both filelists and the config."""
-    if speech_encoder not in ENCODER_WIDTHS:
-        build_config({"train": {}, "model": {}}, {}, speech_encoder)  # raises the clear error
+    components.speech_encoder(speech_encoder, where="--speech_encoder")
     template = load_template(template_path(tiny))
     split = split_dataset(source_dir, seed=seed)
     config = build_config(template, split.speakers, speech_encoder, vol_aug=vol_aug, tiny=tiny)

@@ -75,7 +75,7 @@ def test_many_faults_reported_together() -> None:
         "model.resblock is '3'",
         "model.resblock_kernel_sizes has 3 entries but model.resblock_dilation_sizes has 2",
         "model.upsample_rates has 5 entries but model.upsample_kernel_sizes has 4",
-        "model.vocoder_name is 'wavenet'",
+        "model.vocoder_name: unknown vocoder 'wavenet'",
         "spk.nyaru is 200, outside range(model.n_speakers=200)",
         "spk.ghost is '1'; it must be an integer id",
     ]

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+import feature_files
 from core.config_schema import validate_config
 from core.errors import UserError
 from data_utils import (
     CROP_FRAMES,
     DistributedEpochSampler,
+    EpochIndex,
     TextAudioCollate,
     TextAudioSpeakerLoader,
     batches_per_epoch,
@@ -22,7 +24,6 @@ from data_utils import (
     make_eval_loader,
     make_train_loader,
     resolve_num_workers,
-    spec_path_for,
 )
 from tests.helpers_data import make_config, make_dataset
 from utils import HParams
@@ -70,7 +71,7 @@ def test_spec_cached_atomically_once(dataset_root: Path) -> None:
     hps = _hps(dataset_root)
     dataset = TextAudioSpeakerLoader(hps.data.validation_files, hps)
     wav = dataset.audiopaths[0]
-    spec_file = Path(spec_path_for(wav))
+    spec_file = Path(feature_files.spec_path(wav))
     assert wav.endswith(".wav") and spec_file.name.endswith(".spec.pt")
     if spec_file.exists():
         spec_file.unlink()
@@ -85,11 +86,10 @@ def test_spec_cached_atomically_once(dataset_root: Path) -> None:
 
 
 def test_spec_written_meanwhile_is_read_not_replaced(dataset_root: Path, monkeypatch) -> None:
-    import data_utils
 
     hps = _hps(dataset_root)
     dataset = TextAudioSpeakerLoader(hps.data.validation_files, hps)
-    spec_file = Path(spec_path_for(dataset.audiopaths[1]))
+    spec_file = Path(feature_files.spec_path(dataset.audiopaths[1]))
     if spec_file.exists():
         spec_file.unlink()
     marker = torch.full((513, dataset.get_audio(dataset.audiopaths[1])[2].shape[1]), 7.0)
@@ -105,7 +105,7 @@ def test_spec_written_meanwhile_is_read_not_replaced(dataset_root: Path, monkeyp
     assert torch.all(spec == 7.0)
     assert not [p for p in spec_file.parent.iterdir() if p.name.endswith(".tmp")]
     spec_file.unlink()  # leave no fake spectrogram behind
-    assert data_utils.spec_path_for(dataset.audiopaths[1]) == str(spec_file)
+    assert feature_files.spec_path(dataset.audiopaths[1]) == str(spec_file)
 
 
 def test_collate_pads_and_sorts_longest_first(dataset_root: Path) -> None:
@@ -143,17 +143,18 @@ def test_long_clip_cropped_to_790_frames(tmp_path: Path) -> None:
     dataset = TextAudioSpeakerLoader(hps.data.training_files, hps, vol_aug=False)
     full = dataset.get_audio(dataset.audiopaths[0])
     assert full[0].shape[1] > 800
-    random.seed(5)
-    content, f0, spec, audio, _, uv, volume = dataset[0]
+    content, f0, spec, audio, _, uv, volume = dataset[EpochIndex(0, 5)]
     assert content.shape[1] == f0.shape[0] == spec.shape[1] == uv.shape[0] == CROP_FRAMES
     assert volume.shape[0] == CROP_FRAMES and audio.shape[1] == CROP_FRAMES * 256
     # The crop is a window of the full clip, aligned across streams.
     start = next(s for s in range(full[1].shape[0]) if torch.equal(full[1][s : s + 790], f0))
     torch.testing.assert_close(audio, full[3][:, start * 256 : (start + 790) * 256])
     torch.testing.assert_close(content, full[0][:, start : start + 790])
-    # Same random state, same crop: resumable through random.getstate().
-    random.seed(5)
-    torch.testing.assert_close(dataset[0][1], f0)
+    # The crop depends on (seed, epoch, index) alone, not on the process's random state.
+    random.seed(99)
+    torch.testing.assert_close(dataset[EpochIndex(0, 5)][1], f0)
+    starts = {int(dataset[EpochIndex(0, epoch)][1][0]) for epoch in range(6)}
+    assert len(starts) > 1  # other epochs crop elsewhere
 
 
 def test_volume_augmentation_scales_audio_volume_and_spec(dataset_root: Path) -> None:
@@ -161,9 +162,8 @@ def test_volume_augmentation_scales_audio_volume_and_spec(dataset_root: Path) ->
     dataset = TextAudioSpeakerLoader(hps.data.training_files, hps)
     base = dataset.get_audio(dataset.audiopaths[0])
     changed = 0
-    for seed in range(8):
-        random.seed(seed)
-        _, _, spec, audio, _, _, volume = dataset[0]
+    for epoch in range(8):
+        _, _, spec, audio, _, _, volume = dataset[EpochIndex(0, epoch)]
         gain = float(audio.abs().max() / base[3].abs().max())
         torch.testing.assert_close(volume, base[6] * gain, rtol=1e-4, atol=1e-6)
         # Recomputed from the scaled audio (the last frame differs: the cached
@@ -266,6 +266,31 @@ def test_sampler_skip_resumes_mid_epoch_exactly() -> None:
 
 
 # --------------------------------------------------------------------------- loaders
+
+
+def test_item_draws_depend_on_epoch_and_index_not_on_the_process(dataset_root: Path) -> None:
+    """Resume is exact with data workers: draws come from (seed, epoch, index) alone."""
+    hps = _hps(dataset_root, model={"vol_embedding": True}, train={"vol_aug": True})
+    dataset = TextAudioSpeakerLoader(hps.data.training_files, hps)
+
+    def epoch_batches(num_workers: int, epoch: int, skip: int = 0) -> list[torch.Tensor]:
+        hps.train.num_workers = num_workers
+        loader, sampler = make_train_loader(dataset, hps, rank=0, world_size=1, seed=1,
+                                            device_type="cpu")
+        sampler.set_epoch(epoch, skip=skip)
+        random.seed(num_workers)  # the trainer's own random state must not matter
+        return [batch[3] for batch in loader]
+
+    in_process = epoch_batches(0, epoch=2)
+    with_workers = epoch_batches(2, epoch=2)
+    assert len(in_process) == len(with_workers) == 2
+    for a, b in zip(in_process, with_workers):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    resumed = epoch_batches(2, epoch=2, skip=hps.train.batch_size)
+    torch.testing.assert_close(resumed[0], in_process[1], rtol=0, atol=0)
+    other_epoch = epoch_batches(0, epoch=3)
+    assert any(a.shape != b.shape or not torch.equal(a, b)
+               for a, b in zip(in_process, other_epoch))
 
 
 def test_train_and_eval_loaders(dataset_root: Path) -> None:

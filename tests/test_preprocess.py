@@ -11,6 +11,7 @@ import pytest
 import soundfile
 import torch
 
+import feature_files
 from core.errors import UserError
 from core.safe_io import save_f0_uv
 from preprocessing import features, flist_config, resample
@@ -244,7 +245,7 @@ def test_split_without_wavs_is_a_user_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("encoder", "ssl", "filter_channels"),
     [("vec768l12", 768, 768), ("vec256l9", 256, 768), ("hubertsoft", 256, 768),
-     ("whisper-ppg", 1024, 1024)],
+     ("vec768l9", 768, 768), ("vec256l12", 256, 768)],
 )
 def test_config_fields_per_encoder(encoder: str, ssl: int, filter_channels: int) -> None:
     template = flist_config.load_template(REPO / "configs_template" / "config_template.json")
@@ -265,7 +266,7 @@ def test_config_tiny_and_vol_aug() -> None:
     assert config["model"]["ssl_dim"] == 768
     assert config["model"]["vol_embedding"] is True and config["train"]["vol_aug"] is True
     assert config["model"]["use_depthwise_conv"] is True
-    with pytest.raises(UserError, match="unknown encoder"):
+    with pytest.raises(UserError, match="unknown speech encoder"):
         flist_config.build_config(template, {"a": 0}, "nope")
 
 
@@ -303,7 +304,7 @@ def test_spec_frames_matches_stft_without_centering() -> None:
         audio = torch.nn.functional.pad(torch.zeros(1, 1, n), (pad, pad), mode="reflect")
         frames = torch.stft(audio[0], 2048, 512, 2048, window=torch.hann_window(2048),
                             center=False, return_complex=True).shape[-1]
-        assert features.spec_frames(n, 2048, 512) == frames == n // 512
+        assert feature_files.spec_frames(n, 2048, 512) == frames == n // 512
 
 
 def test_stale_outputs_checks_widths_and_lengths(tmp_path: Path) -> None:
@@ -311,19 +312,19 @@ def test_stale_outputs_checks_widths_and_lengths(tmp_path: Path) -> None:
     n = 44100
     settings = _settings()
     assert set(features.stale_outputs(wav, settings, n)) == {"soft", "f0", "spec", "vol"}
-    frames16k = features.encoder_samples(n, 44100) // 320
-    torch.save(torch.zeros(1, 48, frames16k), features.soft_path(wav))
-    save_f0_uv(features.f0_path(wav), np.full(n // 512, 100.0), np.ones(n // 512))
-    torch.save(torch.zeros(1025, n // 512), features.spec_path(wav))
-    np.save(features.vol_path(wav), np.zeros(n // 512, np.float32))
+    frames16k = feature_files.encoder_samples(n, 44100) // 320
+    torch.save(torch.zeros(1, 48, frames16k), feature_files.content_path(wav))
+    save_f0_uv(feature_files.pitch_path(wav), np.full(n // 512, 100.0), np.ones(n // 512))
+    torch.save(torch.zeros(1025, n // 512), feature_files.spec_path(wav))
+    np.save(feature_files.volume_path(wav), np.zeros(n // 512, np.float32))
     assert features.stale_outputs(wav, settings, n) == {}
     assert set(features.stale_outputs(wav, _settings(force=True), n)) == {
         "soft", "f0", "spec", "vol"}
     assert "width" in features.stale_outputs(wav, _settings(ssl_dim=768), n)["soft"]
     assert set(features.stale_outputs(wav, settings, 2 * n)) == {"soft", "f0", "spec", "vol"}
-    Path(features.spec_path(wav)).write_bytes(b"truncated")
+    Path(feature_files.spec_path(wav)).write_bytes(b"truncated")
     assert set(features.stale_outputs(wav, settings, n)) == {"spec"}
-    Path(features.vol_path(wav)).unlink()
+    Path(feature_files.volume_path(wav)).unlink()
     assert set(features.stale_outputs(wav, _settings(vol_embedding=False), n)) == {"spec"}
 
 
@@ -345,7 +346,7 @@ def test_load_settings_errors_are_user_errors(tmp_path: Path) -> None:
     config = tmp_path / "c.json"
     template = json.loads((REPO / "configs_template" / "config_template.json").read_text())
     config.write_text(json.dumps(template))
-    with pytest.raises(UserError, match="unknown predictor"):
+    with pytest.raises(UserError, match="unknown f0 predictor"):
         features.load_settings(str(config), "nope")
     settings = features.load_settings(str(config), "dio", device="cpu")
     assert (settings.ssl_dim, settings.hop_length, settings.vol_embedding) == (768, 512, False)
@@ -362,5 +363,5 @@ def test_remove_stale_temp_files(tmp_path: Path) -> None:
     leftover.write_bytes(b"half")
     unrelated = tmp_path / ".other.tmp"
     unrelated.write_bytes(b"keep")
-    assert features.remove_stale_temp_files([str(wav)]) == 1
+    assert feature_files.remove_stale_feature_temp_files([tmp_path]) == [str(leftover)]
     assert not leftover.exists() and unrelated.exists()

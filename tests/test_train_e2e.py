@@ -139,7 +139,8 @@ def resumed_run(tmp_path_factory):
     """One run stopped at step 6 and resumed to step 10, and one never stopped.
 
     Settings: 8 items, batch 2 (4 steps an epoch), eval every 3 steps,
-    keep 2 checkpoints, learning-rate decay 0.5 per epoch.
+    keep 2 checkpoints, learning-rate decay 0.5 per epoch, 2 data workers,
+    loudness augmentation on.
     """
     root = tmp_path_factory.mktemp("resume")
     config = setup_run(
@@ -150,7 +151,12 @@ def resumed_run(tmp_path_factory):
             "lr_decay": 0.5,
             "epochs": 10,
             "log_interval": 1,
+            # Data workers and loudness augmentation: every item draws at random
+            # in a worker process, and resume must still be exact.
+            "num_workers": 2,
+            "vol_aug": True,
         },
+        model={"vol_embedding": True},
     )
     first = check(run_train(root, config, "resumed", "--max_steps", "6"))
     second = check(run_train(root, config, "resumed", "--max_steps", "10"))

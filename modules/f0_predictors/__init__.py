@@ -8,10 +8,10 @@ filled in, plus a voicing mask.
 
 from __future__ import annotations
 
-from core.errors import UserError
+from core.components import F0_PREDICTORS, require_f0_predictor
 from modules.f0_predictors.base import F0Predictor, interpolate_f0, resize_f0
 
-AVAILABLE_F0_PREDICTORS = ("dio", "harvest", "pm", "rmvpe")
+AVAILABLE_F0_PREDICTORS = F0_PREDICTORS
 
 __all__ = [
     "AVAILABLE_F0_PREDICTORS",
@@ -37,6 +37,7 @@ def get_f0_predictor(
     ``device``, ``threshold`` and ``weights_path`` only matter for ``rmvpe``
     (default weights ``pretrain/rmvpe.pt``); the model is loaded here, once.
     """
+    require_f0_predictor(name)
     common = {
         "hop_length": hop_length,
         "sampling_rate": sampling_rate,
@@ -61,10 +62,4 @@ def get_f0_predictor(
         return RMVPEF0Predictor(
             **common, device=device, threshold=threshold, weights_path=weights_path
         )
-    available = ", ".join(AVAILABLE_F0_PREDICTORS)
-    if name in ("crepe", "fcpe"):
-        raise UserError(
-            f"f0 predictor '{name}' is not supported by this reimplementation; "
-            f"choose one of: {available}"
-        )
-    raise UserError(f"unknown f0 predictor '{name}'; choose one of: {available}")
+    raise AssertionError(f"registered f0 predictor {name!r} has no loader")

@@ -8,17 +8,22 @@ network, the layer it is read at, and whether `final_proj` is applied.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from core.components import (
+    CONTENTVEC_WEIGHTS,
+    HUBERT_SOFT_WEIGHTS,
+    SPEECH_ENCODERS,
+    speech_encoder,
+)
 from core.errors import UserError
 from modules.speech_encoders.hubert import FairseqHubert, load_fairseq_hubert
 from modules.speech_encoders.hubert_soft import HubertSoftNetwork, load_hubert_soft
 
-CONTENTVEC_PATH = "pretrain/checkpoint_best_legacy_500.pt"
-HUBERT_SOFT_PATH = "pretrain/hubert-soft-0d54a1f4.pt"
+CONTENTVEC_PATH = CONTENTVEC_WEIGHTS
+HUBERT_SOFT_PATH = HUBERT_SOFT_WEIGHTS
 
 _WHERE_TO_GET = {
     CONTENTVEC_PATH: (
@@ -31,22 +36,7 @@ _WHERE_TO_GET = {
     ),
 }
 
-
-@dataclass(frozen=True)
-class _ContentVecVariant:
-    output_layer: int
-    use_final_proj: bool
-
-
-_CONTENTVEC_VARIANTS = {
-    "vec768l12": _ContentVecVariant(output_layer=12, use_final_proj=False),
-    "vec768l9": _ContentVecVariant(output_layer=9, use_final_proj=False),
-    "vec256l9": _ContentVecVariant(output_layer=9, use_final_proj=True),
-    "vec256l12": _ContentVecVariant(output_layer=12, use_final_proj=True),
-}
-_HUBERT_SOFT_NAME = "hubertsoft"
-
-SUPPORTED_ENCODERS: tuple[str, ...] = (*_CONTENTVEC_VARIANTS, _HUBERT_SOFT_NAME)
+SUPPORTED_ENCODERS: tuple[str, ...] = tuple(SPEECH_ENCODERS)
 
 
 def _as_mono_batch(wav16k: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -113,7 +103,7 @@ class HubertSoftEncoder(SpeechEncoder):
     _MIN_SAMPLES = 320  # with the 40-sample edge padding this yields one frame
 
     def __init__(self, model: HubertSoftNetwork, device: torch.device) -> None:
-        self.name = _HUBERT_SOFT_NAME
+        self.name = "hubertsoft"
         self.model = model
         self.device = device
         self.dim = model.dim
@@ -144,17 +134,11 @@ def load_speech_encoder(name: str, weights_path: str | Path | None = None,
 
     `weights_path` defaults to the file name upstream expects under `pretrain/`.
     """
+    spec = speech_encoder(name)
     target = torch.device(device)
-    if name in _CONTENTVEC_VARIANTS:
-        variant = _CONTENTVEC_VARIANTS[name]
-        path = _existing_weights(weights_path, CONTENTVEC_PATH)
+    path = _existing_weights(weights_path, spec.default_weights)
+    if spec.network == "contentvec":
         model = load_fairseq_hubert(path, device=target)
-        return ContentVecEncoder(name, model, variant.output_layer, variant.use_final_proj,
+        return ContentVecEncoder(name, model, spec.output_layer, spec.final_proj,
                                  target, source=str(path))
-    if name == _HUBERT_SOFT_NAME:
-        path = _existing_weights(weights_path, HUBERT_SOFT_PATH)
-        return HubertSoftEncoder(load_hubert_soft(path, device=target), target)
-    raise UserError(
-        f"speech encoder {name!r} is not supported; set model.speech_encoder in the config to "
-        f"one of: {', '.join(SUPPORTED_ENCODERS)}"
-    )
+    return HubertSoftEncoder(load_hubert_soft(path, device=target), target)

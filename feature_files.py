@@ -1,0 +1,238 @@
+"""The feature files beside every dataset wav: names, frame arithmetic, readers, writers.
+
+For each `X.wav` preprocessing writes, in upstream so-vits-svc 4.1's formats:
+
+=================  =========================================================
+`X.wav.soft.pt`    content features, a (1, ssl_dim, T_content) float tensor
+`X.wav.f0.npy`     upstream's pickled (f0, uv) object array, T_pitch frames
+`X.spec.pt`        linear spectrogram (filter_length // 2 + 1, T_spec),
+                   `center=False` (the data loader writes it when absent)
+`X.wav.vol.npy`    frame loudness, 1-D float32, only with `model.vol_embedding`
+=================  =========================================================
+
+Preprocessing, the data loader and the pre-flight dataset check all read and
+write them through this module, so they agree on every name, shape and
+tolerance. Readers raise `FeatureFileError` (a `UserError`) naming the file and
+the fix; pickled files are read as data only (`core.safe_io`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.errors import UserError
+from core.safe_io import (
+    atomic_np_save,
+    atomic_torch_save,
+    atomic_torch_save_once,
+    load_f0_uv,
+    load_torch_data,
+    remove_stale_temp_files,
+    save_f0_uv,
+)
+
+RERUN_FEATURES = "rerun preprocess_hubert_f0.py"
+
+# Every speech encoder reads 16 kHz audio and emits one frame per 20 ms.
+ENCODER_SAMPLING_RATE = 16000
+ENCODER_HOP = 320
+MIN_ENCODER_SAMPLES = 400  # the first convolution's receptive field at 16 kHz
+
+# Pitch, spectrogram and audio of one clip may differ by fewer frames than this
+# (upstream's loader asserts the same); the loader trims them to the shortest.
+STREAM_TOLERANCE_FRAMES = 3
+# Preprocessing keeps stored features only this close to the expected count.
+CONTENT_TOLERANCE_FRAMES = 2
+PITCH_TOLERANCE_FRAMES = 1
+
+CONTENT_SUFFIX = ".soft.pt"
+PITCH_SUFFIX = ".f0.npy"
+SPEC_SUFFIX = ".spec.pt"
+VOLUME_SUFFIX = ".vol.npy"
+OUTPUT_SUFFIXES = (CONTENT_SUFFIX, PITCH_SUFFIX, SPEC_SUFFIX, VOLUME_SUFFIX)
+
+
+class FeatureFileError(UserError):
+    """A feature file is missing, unreadable or of the wrong shape."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def content_path(wav_path: str) -> str:
+    return wav_path + CONTENT_SUFFIX
+
+
+def pitch_path(wav_path: str) -> str:
+    return wav_path + PITCH_SUFFIX
+
+
+def spec_path(wav_path: str) -> str:
+    """Upstream's `filename.replace(".wav", ".spec.pt")`: the wav's name without `.wav`."""
+    return wav_path.replace(".wav", SPEC_SUFFIX)
+
+
+def volume_path(wav_path: str) -> str:
+    return wav_path + VOLUME_SUFFIX
+
+
+def remove_stale_feature_temp_files(folders: Iterable[str | os.PathLike]) -> list[str]:
+    """Delete temporary files a killed run left beside the wavs (`.X.wav.soft.pt.*.tmp`)."""
+    removed: list[str] = []
+    for folder in folders:
+        leftovers = [
+            leftover
+            for leftover in Path(folder).glob(".*.tmp")
+            if any(f"{suffix}." in leftover.name for suffix in OUTPUT_SUFFIXES)
+        ]
+        removed += remove_stale_temp_files(leftovers)
+    return removed
+
+
+# --------------------------------------------------------------------------- frame arithmetic
+
+
+def spec_frames(num_samples: int, filter_length: int, hop_length: int) -> int:
+    """Frames of `spectrogram_torch(center=False)`: reflect-padded by (n_fft - hop) / 2 a side."""
+    pad = int((filter_length - hop_length) / 2)
+    return max(0, (num_samples + 2 * pad - filter_length) // hop_length + 1)
+
+
+def pitch_frames(num_samples: int, hop_length: int) -> int:
+    """Frames the f0 predictors give for `num_samples` at `hop_length`."""
+    return num_samples // hop_length
+
+
+def encoder_samples(num_samples: int, sampling_rate: int) -> int:
+    """Length of the audio after resampling to 16 kHz (soxr keeps ceil(n * ratio))."""
+    return math.ceil(num_samples * ENCODER_SAMPLING_RATE / sampling_rate)
+
+
+def expected_content_frames(num_samples: int, sampling_rate: int) -> float:
+    """About how many content frames a speech encoder gives for this much audio."""
+    return encoder_samples(num_samples, sampling_rate) / ENCODER_HOP
+
+
+def content_belongs_to_clip(frames: int, num_samples: int, sampling_rate: int) -> bool:
+    """Loose test that content features were made from this clip, not another one.
+
+    Loose on purpose (5 frames or a quarter): encoders differ by a frame or two
+    and the loader stretches content to the pitch frames anyway.
+    """
+    expected = expected_content_frames(num_samples, sampling_rate)
+    return abs(frames - expected) <= max(5.0, 0.25 * expected)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _require_file(path: str, what: str, fix: str = RERUN_FEATURES) -> None:
+    if not os.path.exists(path):
+        raise FeatureFileError(f"{path}: {what} missing; {fix}")
+
+
+def read_content(path: str, ssl_dim: int | None = None) -> torch.Tensor:
+    """Content features as a float32 (ssl_dim, frames) tensor.
+
+    Accepts upstream's (1, ssl_dim, T) and a bare (ssl_dim, T).
+    """
+    _require_file(path, "content features")
+    content = load_torch_data(path)
+    if isinstance(content, torch.Tensor) and content.dim() == 3 and content.shape[0] == 1:
+        content = content[0]
+    if not isinstance(content, torch.Tensor) or content.dim() != 2 or content.shape[1] == 0:
+        shape = tuple(getattr(content, "shape", ()))
+        raise FeatureFileError(
+            f"{path}: expected a (1, ssl_dim, frames) tensor, found {type(content).__name__} "
+            f"{shape}; {RERUN_FEATURES}"
+        )
+    if ssl_dim is not None and content.shape[0] != ssl_dim:
+        raise FeatureFileError(
+            f"{path}: content width {content.shape[0]} != model.ssl_dim {ssl_dim}; the "
+            "features come from another speech encoder: set model.speech_encoder and ssl_dim "
+            f"to match, or {RERUN_FEATURES}"
+        )
+    return content.float()
+
+
+def read_pitch(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pitch and voicing as float64 arrays of equal, non-zero length."""
+    _require_file(path, "pitch file")
+    f0, uv = load_f0_uv(path)
+    if f0.ndim != 1 or f0.shape != uv.shape:
+        raise FeatureFileError(
+            f"{path}: f0 has {f0.shape} values but uv has {uv.shape}; they must be equal: "
+            f"{RERUN_FEATURES}"
+        )
+    if f0.shape[0] == 0:
+        raise FeatureFileError(f"{path}: pitch file is empty; {RERUN_FEATURES}")
+    return f0, uv
+
+
+def read_spec(path: str, filter_length: int) -> torch.Tensor:
+    """A cached spectrogram as float32 (filter_length // 2 + 1, frames)."""
+    fix = "delete it (the trainer recomputes it) or " + RERUN_FEATURES
+    _require_file(path, "spectrogram", fix)
+    try:
+        spec = load_torch_data(path)
+    except UserError as error:
+        raise FeatureFileError(f"{error} ({fix})") from error
+    bins = filter_length // 2 + 1
+    if not isinstance(spec, torch.Tensor) or spec.dim() != 2 or spec.shape[0] != bins:
+        shape = tuple(getattr(spec, "shape", ()))
+        raise FeatureFileError(
+            f"{path}: spectrogram shape {shape}, expected ({bins}, frames) for "
+            f"data.filter_length {filter_length}; {fix}"
+        )
+    return spec.float()
+
+
+def read_volume(path: str) -> np.ndarray:
+    """Frame loudness as a 1-D float32 array."""
+    _require_file(path, "volume", f"{RERUN_FEATURES} with model.vol_embedding on")
+    try:
+        volume = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise FeatureFileError(
+            f"{path}: cannot be read as an array ({error}); {RERUN_FEATURES}"
+        ) from error
+    if volume.ndim != 1:
+        raise FeatureFileError(
+            f"{path}: volume has shape {volume.shape}, expected (frames,); {RERUN_FEATURES}"
+        )
+    return np.asarray(volume, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def write_content(path: str, content: torch.Tensor) -> None:
+    """Store (1, ssl_dim, frames) content features, float32 on the CPU, atomically."""
+    atomic_torch_save(content.detach().to("cpu", torch.float32).contiguous().clone(), path)
+
+
+def write_pitch(path: str, f0: np.ndarray, uv: np.ndarray) -> None:
+    """Store pitch and voicing in upstream's pickled layout, atomically."""
+    save_f0_uv(path, np.asarray(f0), np.asarray(uv))
+
+
+def write_spec(path: str, spec: torch.Tensor) -> None:
+    """Store a (bins, frames) spectrogram, atomically."""
+    atomic_torch_save(spec.detach().cpu().contiguous().clone(), path)
+
+
+def write_spec_once(path: str, spec: torch.Tensor) -> bool:
+    """Cache a spectrogram unless another data worker already did; True when this one won."""
+    return atomic_torch_save_once(spec.detach().cpu().contiguous(), path)
+
+
+def write_volume(path: str, volume: np.ndarray | torch.Tensor) -> None:
+    """Store frame loudness as 1-D float32, atomically."""
+    values = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else volume
+    atomic_np_save(path, np.asarray(values, dtype=np.float32).reshape(-1))
