@@ -33,7 +33,7 @@ from core.safe_io import (
     atomic_torch_save_once,
     load_f0_uv,
     load_torch_data,
-    remove_stale_temp_files,
+    remove_temp_files,
     save_f0_uv,
 )
 
@@ -91,7 +91,7 @@ def remove_stale_feature_temp_files(folders: Iterable[str | os.PathLike]) -> lis
             for leftover in Path(folder).glob(".*.tmp")
             if any(f"{suffix}." in leftover.name for suffix in OUTPUT_SUFFIXES)
         ]
-        removed += remove_stale_temp_files(leftovers)
+        removed += remove_temp_files(leftovers)
     return removed
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from checkpoint.files import read_checkpoint
 from core.errors import UserError
-from core.safe_io import remove_stale_temp_files as remove_temp_files_matching
+from core.safe_io import remove_temp_files
 
 logger = logging.getLogger("so-vits-svc")
 
@@ -46,7 +46,7 @@ def latest_checkpoint_path(dir_path: str | os.PathLike, regex: str = "G_*.pth") 
 
 def remove_stale_temp_files(model_dir: str | os.PathLike) -> list[str]:
     """Delete temporary files of checkpoints whose save was killed part-way."""
-    return remove_temp_files_matching(Path(model_dir).glob(".[GD]_*.pth.*.tmp"))
+    return remove_temp_files(Path(model_dir).glob(".[GD]_*.pth.*.tmp"))
 
 
 def clean_checkpoints(path_to_models: str | os.PathLike, n_ckpts_to_keep: int = 2) -> list[str]:

@@ -130,7 +130,7 @@ def atomic_torch_save_once(obj: Any, path: PathLike) -> bool:
     return True
 
 
-def remove_stale_temp_files(candidates: Iterable[Path]) -> list[str]:
+def remove_temp_files(candidates: Iterable[Path]) -> list[str]:
     """Delete the given leftovers of writes that were killed part-way; returns their paths.
 
     Callers pass a glob of the hidden `.NAME.*.tmp` files of their own kind
