@@ -94,11 +94,14 @@ def find_resume_point(model_dir: str | os.PathLike) -> ResumePoint | None:
     """
     directory = Path(model_dir)
     problems: list[str] = []
+    interrupted_saves: list[str] = []
     for step in checkpoint_steps(directory):
         g_path, d_path = directory / f"G_{step}.pth", directory / f"D_{step}.pth"
         absent = [path.name for path in (g_path, d_path) if not path.is_file()]
         if absent:
             problems.append(f"{directory / absent[0]} is missing (its pair is incomplete)")
+            if _written_by_an_interrupted_save(g_path, d_path):
+                interrupted_saves.append(g_path.name)
             continue
         try:
             g_checkpoint = read_checkpoint(g_path)
@@ -118,6 +121,15 @@ def find_resume_point(model_dir: str | os.PathLike) -> ResumePoint | None:
                 d_path.name,
             )
         return ResumePoint(step, g_path, d_path, g_checkpoint, d_checkpoint)
+    if problems and len(interrupted_saves) == len(problems):
+        # Only the first save of a run was cut short (its G written, not its D):
+        # nothing trained is lost by starting again, and the new run replaces it.
+        logger.warning(
+            "%s: left by a first save that was interrupted before its D file was written; "
+            "starting a new run",
+            ", ".join(interrupted_saves),
+        )
+        return None
     if problems:
         raise UserError(
             f"{directory}: checkpoints are present but none can be resumed from "
@@ -125,3 +137,18 @@ def find_resume_point(model_dir: str | os.PathLike) -> ResumePoint | None:
         )
     return None
 
+
+
+def _written_by_an_interrupted_save(g_path: Path, d_path: Path) -> bool:
+    """A G file of ours (it records our train state) whose D was never written.
+
+    Training writes G before D, each atomically, so a kill between the two
+    leaves exactly this. A lone D, or a G without our state (a user's base
+    model), is not explained by that and stays an error.
+    """
+    if d_path.is_file() or not g_path.is_file():
+        return False
+    try:
+        return isinstance(read_checkpoint(g_path).get("train_state"), dict)
+    except UserError:
+        return False

@@ -203,3 +203,22 @@ def test_git_revision_is_recorded_and_changes_warned(tmp_path, caplog, monkeypat
     assert "code revision changed" in caplog.text
     assert (model_dir / "githash").read_text() != first
     run_log.record_git_revision(tmp_path / "logs", model_dir)  # not a checkout: no error
+
+
+def test_first_save_cut_between_g_and_d_starts_over_with_a_warning(tmp_path, caplog):
+    """Killed after G_0 and before D_0: nothing trained is lost, so the rerun starts anew."""
+    generator = torch.nn.Linear(2, 2)
+    ckpt.save_checkpoint(
+        generator, None, 1e-4, 1, tmp_path / "G_0.pth", extra={"train_state": {"step": 0}}
+    )
+    with caplog.at_level(logging.WARNING, logger="so-vits-svc"):
+        assert ckpt.find_resume_point(tmp_path) is None
+    assert "G_0.pth" in caplog.text and "interrupted" in caplog.text
+    # A lone D, or a lone G that is not ours (a base model), is still an error.
+    (tmp_path / "G_0.pth").rename(tmp_path / "D_0.pth")
+    with pytest.raises(UserError, match="none can be resumed"):
+        ckpt.find_resume_point(tmp_path)
+    (tmp_path / "D_0.pth").unlink()
+    ckpt.save_checkpoint(generator, None, 1e-4, 1, tmp_path / "G_0.pth")
+    with pytest.raises(UserError, match="none can be resumed"):
+        ckpt.find_resume_point(tmp_path)
