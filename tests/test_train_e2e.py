@@ -367,9 +367,10 @@ def test_sigkill_at_random_moments_always_resumes(tmp_path):
     model_dir = tmp_path / "logs" / "kill"
     rng = random.Random(1234)
     kills = 0
-    # Six kills; more (at most 12) while none has yet left a pair past step 0,
-    # which a slow machine may need, since every kill lands in the first seconds.
-    while kills < 6 or (kills < 12 and not _resumes_past_step_zero(model_dir)):
+    longest_wait = 6.0
+    # Six kills; more (at most 10) while none has yet left a pair past step 0. On a
+    # slow machine the kills may all land before that, so the wait doubles until one has.
+    while kills < 6 or (kills < 10 and not _resumes_past_step_zero(model_dir)):
         point = ckpt.find_resume_point(model_dir) if model_dir.exists() else None
         expected_first = 0 if point is None else point.step + 1
         process = subprocess.Popen(
@@ -386,10 +387,12 @@ def test_sigkill_at_random_moments_always_resumes(tmp_path):
             if log.exists() and logged_steps(log.read_text()[offset:]):
                 break
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 6.0))  # then kill it anywhere: in a step or a save
+        time.sleep(rng.uniform(0.0, longest_wait))  # then kill it anywhere: a step or a save
         process.send_signal(signal.SIGKILL)
         process.communicate()
         kills += 1
+        if not _resumes_past_step_zero(model_dir):
+            longest_wait *= 2
         steps = logged_steps(log.read_text()[offset:])
         # Each run resumes right after the newest complete pair.
         assert steps and steps[0] == expected_first, (steps, expected_first)
