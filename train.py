@@ -304,8 +304,17 @@ class Trainer:
         self.uses_f0_predictor = bool(self.net_g.use_automatic_f0_prediction)
         if runtime.distributed:
             device_ids = [runtime.local_rank] if device.type == "cuda" else None
-            self.net_g = DistributedDataParallel(self.net_g, device_ids=device_ids)
-            self.net_d = DistributedDataParallel(self.net_d, device_ids=device_ids)
+            # find_unused_parameters keeps DDP's gradient buckets as built here:
+            # otherwise they are rebuilt after a run's first step, which moves
+            # where each gradient sits in a bucket, hence the order in which
+            # more than two ranks' values are summed, and a resumed run would
+            # drift by rounding from an uninterrupted one.
+            self.net_g = DistributedDataParallel(
+                self.net_g, device_ids=device_ids, find_unused_parameters=True
+            )
+            self.net_d = DistributedDataParallel(
+                self.net_d, device_ids=device_ids, find_unused_parameters=True
+            )
         self.writer = self.writer_eval = None
         if runtime.is_main:
             from torch.utils.tensorboard import SummaryWriter
