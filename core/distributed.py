@@ -177,8 +177,10 @@ def join_group_store(
             f"cannot reach the rendezvous at {endpoint} within {timeout_s:g} s ({reason}): "
             f"{advice}"
         ) from None
-    # One counter per torchrun restart: the agent's store outlives a group.
-    key = f"svc/joined/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    # torchrun's agent store outlives a group: keys of each restart get their own
+    # prefix, or the new group would read the dead group's addresses.
+    store = dist.PrefixStore(f"svc/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    key = "joined"
     joined = store.add(key, 1)
     while joined < world_size:
         if time.monotonic() - started > timeout_s:

@@ -249,7 +249,7 @@ def test_killed_worker_is_restarted_by_torchrun_and_the_run_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_a_smaller_group_resumes_with_the_data_split_for_its_size(tmp_path):
-    """Two processes stop after one step; one process finishes the epoch with the rest."""
+    """Two processes stop after two steps (4 items); one process does the other 4."""
     config = setup_run(tmp_path, train={"epochs": 1, "batch_size": 1, "eval_interval": 100})
     script = _instrumented(tmp_path)
     trace = tmp_path / "trace"
@@ -269,12 +269,12 @@ def test_a_smaller_group_resumes_with_the_data_split_for_its_size(tmp_path):
     )
     output = check(result)
     assert "the group changed from 2 to 1 processes: the data is now split 1 ways" in output
-    assert "epoch 1 continues after 2 of its 8 batches per process" in output
+    assert "epoch 1 continues after 4 of its 8 batches per process" in output
     train_items = set((tmp_path / "filelists" / "train.txt").read_text().split())
     seen = [item for share in first for item in share if item in train_items]
     seen += [item for item in (trace / "rank0.txt").read_text().split() if item in train_items]
     assert sorted(seen) == sorted(train_items)  # the epoch, each item once across both groups
-    assert logged_steps(output) == list(range(2, 8))
+    assert logged_steps(output) == [4, 5, 6, 7]
 
 
 # --------------------------------------------------------------------------- clear failures
@@ -326,6 +326,21 @@ def test_unreachable_rendezvous_fails_in_one_line_within_the_timeout(tmp_path):
     hosting_error = _one_line_error(results[1])
     assert f"cannot reach the rendezvous at 127.0.0.1:{alone_port} within 3 s" in hosting_error
     assert re.search(r"1/2 clients joined|only 1 of 2 processes joined", hosting_error)
+
+
+def test_a_node_whose_agent_cannot_reach_the_rendezvous_fails_in_one_line(tmp_path):
+    config = setup_run(tmp_path)
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, str(LAUNCH), "--nnodes", "2", "--nproc_per_node", "1",
+         "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+         "--rdzv_conf", "is_host=0,read_timeout=2", str(TRAIN), "-c", str(config), "-m", "x"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    error = _one_line_error(result)
+    assert f"cannot reach the rendezvous at 127.0.0.1:{port} within 2 s" in error
+    assert not (tmp_path / "logs").exists()  # no training process started
 
 
 def test_a_rank_with_another_config_is_refused_with_both_named(tmp_path):
