@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -415,6 +416,18 @@ def resolve_num_workers(hps: Any) -> int:
     return max(0, min(int(configured), os.cpu_count() or 1))
 
 
+def leave_stopping_to_main_process(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: a data worker ignores SIGINT and SIGTERM.
+
+    Schedulers (SLURM's scancel, systemd) and Ctrl-C signal every process of
+    the job, data workers included. A worker that died of it would make the
+    main process fail with "DataLoader worker ... killed by signal" instead of
+    finishing its step and saving; the main process stops its workers itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_train_loader(
     dataset: torch.utils.data.Dataset,
     hps: Any,
@@ -448,6 +461,7 @@ def make_train_loader(
         drop_last=False,
         persistent_workers=num_workers > 0,
         generator=generator,
+        worker_init_fn=leave_stopping_to_main_process,
     )
     return loader, sampler
 
@@ -472,4 +486,5 @@ def make_eval_loader(
         persistent_workers=num_workers > 0,
         # Its own generator: evaluating never moves the training random streams.
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=leave_stopping_to_main_process,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from checkpoint import (
+    ResumePoint,
     TrainState,
     build_discriminator,
     build_generator,
@@ -48,17 +50,20 @@ from core.distributed import (
     StopRequest,
     all_ranks,
     any_rank,
+    broadcast_object,
     count_processes,
     gather_objects,
     init_runtime,
     is_launch_main_process,
+    refuse_mismatched_ranks,
+    run_fingerprint,
     shutdown,
     spawn_workers,
     torchrun_placement,
 )
 from core.errors import UserError
 from core.hparams import HParams, read_config_json
-from core.run_log import get_logger, record_git_revision
+from core.run_log import get_logger, git_revision, record_git_revision
 from core.safe_io import atomic_write
 from core.summaries import plot_data_to_numpy, plot_spectrogram_to_numpy, summarize
 from data_utils import (
@@ -108,6 +113,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="stop (with a checkpoint) once this global step is done",
     )
+    parser.add_argument(
+        "--rendezvous_timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for every process of a multi-process job to join before "
+        "failing with an error (default 300)",
+    )
     return parser.parse_args(argv)
 
 
@@ -121,14 +133,16 @@ def prepare_run(args: argparse.Namespace) -> tuple[HParams, dict[str, Any]]:
     config, messages = validate_config(raw_config, str(args.config))
     model_dir = Path("logs") / args.model
     model_dir.mkdir(parents=True, exist_ok=True)
-    get_logger(model_dir)
+    writes = is_launch_main_process()  # global rank 0 under torchrun, on whichever node
+    if writes:
+        get_logger(model_dir)
     for message in messages:
         level = logging.WARNING if message.startswith("warning") else logging.INFO
         logger.log(level, "%s", message.removeprefix("warning: ").removeprefix("note: "))
     hps = HParams(**config)
     hps.model_dir = str(model_dir)
     raise_if_problems(check_filelists(hps))
-    if is_launch_main_process():  # one writer, also under torchrun
+    if writes:
         with atomic_write(model_dir / "config.json") as handle:
             handle.write(json.dumps(raw_config, indent=2).encode("utf-8"))
         record_git_revision(REPO_DIR, model_dir)
@@ -139,25 +153,29 @@ def prepare_run(args: argparse.Namespace) -> tuple[HParams, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    placement = torchrun_placement()
     try:
         hps, config = prepare_run(args)
-        # Fail here, once, if the checkpoints cannot be resumed from.
-        find_resume_point(hps.model_dir)
+        # Fail here, once per folder, if its checkpoints cannot be resumed from.
+        # Under torchrun each node may have its own folder (no shared disk): a
+        # node whose folder is empty finds nothing, and rank 0 decides later.
+        if placement is None or placement.local_rank == 0:
+            find_resume_point(hps.model_dir)
+        if placement is not None:
+            train_worker(
+                placement.local_rank,
+                config,
+                hps.model_dir,
+                args.max_steps,
+                placement.device_type,
+                placement.world_size,
+                placement.rank,
+                args.rendezvous_timeout,
+            )
+            return 0
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    placement = torchrun_placement()
-    if placement is not None:
-        train_worker(
-            placement.local_rank,
-            config,
-            hps.model_dir,
-            args.max_steps,
-            placement.device_type,
-            placement.world_size,
-            placement.rank,
-        )
-        return 0
     nprocs, device_type = count_processes(args.nprocs)
     if nprocs == 1:
         train_worker(0, config, hps.model_dir, args.max_steps, device_type, 1, 0)
@@ -168,7 +186,15 @@ def main(argv: list[str] | None = None) -> int:
                 train_worker,
                 nprocs,
                 hps.train.port,
-                (config, hps.model_dir, args.max_steps, device_type, nprocs, None),
+                (
+                    config,
+                    hps.model_dir,
+                    args.max_steps,
+                    device_type,
+                    nprocs,
+                    None,
+                    args.rendezvous_timeout,
+                ),
             )
         except torch.multiprocessing.ProcessException as error:
             print(f"error: a training process failed:{error}", file=sys.stderr)
@@ -187,8 +213,13 @@ def train_worker(
     device_type: str,
     world_size: int,
     rank: int | None,
+    rendezvous_timeout_s: float = 300.0,
 ) -> None:
-    """One training process: everything from building the models to the last epoch."""
+    """One training process: everything from building the models to the last epoch.
+
+    Raises `UserError` when the group cannot meet or its ranks disagree on the
+    config or code revision.
+    """
     rank = local_rank if rank is None else rank
     hps = HParams(**config)
     hps.model_dir = model_dir
@@ -203,10 +234,12 @@ def train_worker(
         device_type,
         hps.train.fp16_run,
         hps.train.get("half_type", "fp16"),
+        rendezvous_timeout_s=rendezvous_timeout_s,
     )
     stop_request = StopRequest()
     stop_request.install()
     try:
+        refuse_mismatched_ranks(runtime, run_fingerprint(config, git_revision(REPO_DIR)))
         trainer = Trainer(hps, runtime, stop_request, max_steps)
         trainer.fit()
     finally:
@@ -271,8 +304,17 @@ class Trainer:
         self.uses_f0_predictor = bool(self.net_g.use_automatic_f0_prediction)
         if runtime.distributed:
             device_ids = [runtime.local_rank] if device.type == "cuda" else None
-            self.net_g = DistributedDataParallel(self.net_g, device_ids=device_ids)
-            self.net_d = DistributedDataParallel(self.net_d, device_ids=device_ids)
+            # find_unused_parameters keeps DDP's gradient buckets as built here:
+            # otherwise they are rebuilt after a run's first step, which moves
+            # where each gradient sits in a bucket, hence the order in which
+            # more than two ranks' values are summed, and a resumed run would
+            # drift by rounding from an uninterrupted one.
+            self.net_g = DistributedDataParallel(
+                self.net_g, device_ids=device_ids, find_unused_parameters=True
+            )
+            self.net_d = DistributedDataParallel(
+                self.net_d, device_ids=device_ids, find_unused_parameters=True
+            )
         self.writer = self.writer_eval = None
         if runtime.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -305,8 +347,51 @@ class Trainer:
         )
 
     def resume(self) -> None:
-        """Continue from the newest usable G/D pair, fine-tune from a base model, or start."""
-        point = find_resume_point(self.model_dir)
+        """Continue from the newest usable G/D pair, fine-tune from a base model, or start.
+
+        No shared disk is assumed: each node looks in its own folder, the
+        newest pair found on any node is read there and sent to every rank,
+        and every rank applies it the same way (`apply_resume_point`).
+        """
+        point = self._agree_on_resume_point()
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        if restart > 0:
+            logger.info(
+                "restart %d of the group by torchrun: resuming from %s",
+                restart,
+                point.g_path.name if point is not None else "the start (no checkpoint yet)",
+            )
+        self.apply_resume_point(point)
+
+    def _agree_on_resume_point(self) -> ResumePoint | None:
+        """The newest resume point of any node's folder, read once and broadcast.
+
+        One process per node (local rank 0) looks in its folder; the rank with
+        the newest step (the lowest such rank on a tie) sends what it read. So
+        which node the rendezvous makes global rank 0 does not matter.
+        """
+        runtime = self.runtime
+        local = find_resume_point(self.model_dir) if runtime.local_rank == 0 else None
+        if not runtime.distributed:
+            return local
+        steps = gather_objects(runtime, None if local is None else local.step)
+        found = [(step, -rank) for rank, step in enumerate(steps) if step is not None]
+        if not found:
+            return None
+        step, source = max(found)
+        source = -source
+        if source != 0:
+            logger.info(
+                "step %d was found by rank %d (global rank 0's folder has %s): it sends the "
+                "checkpoint to every process",
+                step,
+                source,
+                "nothing newer" if steps[0] is None else f"step {steps[0]}",
+            )
+        return broadcast_object(runtime, local, source)
+
+    def apply_resume_point(self, point: ResumePoint | None) -> None:
+        """Load `point` into the models, optimizers, scaler and train state of this rank."""
         if point is None:
             logger.info("no checkpoint in %s: starting a new run", self.model_dir)
             self.state.step = -1
@@ -343,6 +428,8 @@ class Trainer:
                     self.runtime.world_size,
                     self.state.world_size,
                 )
+                if self.state.world_size != self.runtime.world_size:
+                    self._resplit_epoch(self.state.world_size)
             if self.state.scaler and self.runtime.uses_grad_scaler:
                 self.scaler.load_state_dict(self.state.scaler)
         else:
@@ -360,6 +447,29 @@ class Trainer:
             self.state.step,
             self.state.epoch,
         )
+
+    def _resplit_epoch(self, saved_world_size: int) -> None:
+        """Carry the epoch's progress over to a group of another size.
+
+        Every world size walks the same per-epoch permutation, rank r taking
+        positions r, r + R, ...: after b batches of B items on each of R_old
+        ranks the first b * B * R_old positions are done, so each of R_new
+        ranks skips b * R_old // R_new batches (a few items at the border may
+        be seen twice, none skipped unseen).
+        """
+        done = self.state.batches_done_in_epoch
+        carried = min(done * saved_world_size // self.runtime.world_size, self.batches_per_epoch)
+        logger.info(
+            "the group changed from %d to %d processes: the data is now split %d ways; "
+            "epoch %d continues after %d of its %d batches per process",
+            saved_world_size,
+            self.runtime.world_size,
+            self.runtime.world_size,
+            self.state.epoch,
+            carried,
+            self.batches_per_epoch,
+        )
+        self.state.batches_done_in_epoch = carried
 
     # ----------------------------------------------------------------- mels
 

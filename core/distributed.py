@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -27,6 +29,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from core.errors import UserError
 
 logger = logging.getLogger("so-vits-svc")
 
@@ -142,6 +146,54 @@ def device_for(device_type: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def rendezvous_endpoint() -> str:
+    """HOST:PORT of the rendezvous this process joins (MASTER_ADDR/MASTER_PORT)."""
+    return f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+
+
+def join_group_store(
+    rank: int, world_size: int, timeout_s: float, collective_timeout: datetime.timedelta
+) -> dist.Store:
+    """Connect to the job's key-value store and wait, at most `timeout_s`, for every rank.
+
+    `init_process_group` alone would wait for a missing host for the full
+    collective timeout (or forever in the first all-reduce); bounding the wait
+    here turns an unreachable or half-started job into a one-line `UserError`
+    naming the endpoint. Under torchrun the agent's store is used
+    (TORCHELASTIC_USE_AGENT_STORE), as `env://` does.
+    """
+    endpoint = rendezvous_endpoint()
+    advice = (
+        "check that MASTER_ADDR / --rdzv_endpoint is node 0's address as seen from this node, "
+        "that its port is open in the firewall, and that every node of the job was started"
+    )
+    timeout = datetime.timedelta(seconds=timeout_s)
+    started = time.monotonic()
+    try:
+        store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=timeout))
+    except (RuntimeError, TimeoutError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"cannot reach the rendezvous at {endpoint} within {timeout_s:g} s ({reason}): "
+            f"{advice}"
+        ) from None
+    # torchrun's agent store outlives a group: keys of each restart get their own
+    # prefix, or the new group would read the dead group's addresses.
+    store = dist.PrefixStore(f"svc/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    key = "joined"
+    joined = store.add(key, 1)
+    while joined < world_size:
+        if time.monotonic() - started > timeout_s:
+            raise UserError(
+                f"cannot reach the rendezvous at {endpoint} within {timeout_s:g} s: only "
+                f"{joined} of {world_size} processes joined; {advice}"
+            )
+        time.sleep(0.05)
+        joined = store.add(key, 0)
+    store.set_timeout(collective_timeout)
+    return store
+
+
 def init_runtime(
     rank: int,
     local_rank: int,
@@ -150,11 +202,13 @@ def init_runtime(
     fp16_run: bool,
     half_type: str,
     timeout_minutes: float = 30.0,
+    rendezvous_timeout_s: float = 300.0,
 ) -> Runtime:
     """Join the process group (when there is more than one process) and describe this rank.
 
     The rendezvous address comes from MASTER_ADDR/MASTER_PORT, which the
-    launcher or `spawn_workers` sets.
+    launcher or `spawn_workers` sets. Joining waits at most
+    `rendezvous_timeout_s` for every rank; collectives wait `timeout_minutes`.
     """
     device = device_for(device_type, local_rank)
     if device.type == "cpu" and world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
@@ -162,12 +216,14 @@ def init_runtime(
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     if world_size > 1 and not dist.is_initialized():
+        collective_timeout = datetime.timedelta(minutes=timeout_minutes)
+        store = join_group_store(rank, world_size, rendezvous_timeout_s, collective_timeout)
         dist.init_process_group(
             backend=backend_for(device_type),
-            init_method="env://",
+            store=store,
             rank=rank,
             world_size=world_size,
-            timeout=datetime.timedelta(minutes=timeout_minutes),
+            timeout=collective_timeout,
         )
     return Runtime(
         rank=rank,
@@ -204,6 +260,41 @@ def gather_objects(runtime: Runtime, obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * runtime.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def broadcast_object(runtime: Runtime, obj: Any, src: int) -> Any:
+    """Rank `src`'s `obj` on every rank (pickled; tensors inside travel on the CPU side)."""
+    if not runtime.distributed:
+        return obj
+    box = [obj if runtime.rank == src else None]
+    device = runtime.device if runtime.device.type == "cuda" else None
+    dist.broadcast_object_list(box, src=src, device=device)
+    return box[0]
+
+
+def run_fingerprint(config: dict[str, Any], revision: str | None) -> dict[str, str]:
+    """What every rank of one job must share: a hash of its config and the code revision."""
+    text = json.dumps(config, sort_keys=True, default=str).encode("utf-8")
+    return {"config": hashlib.sha256(text).hexdigest()[:12], "revision": revision or "unknown"}
+
+
+def refuse_mismatched_ranks(runtime: Runtime, fingerprint: dict[str, str]) -> None:
+    """Raise `UserError` on every rank when any rank's config or code differs from rank 0's.
+
+    A collective: all ranks learn of the mismatch together and can exit
+    cleanly, instead of training different models in one group.
+    """
+    fingerprints = gather_objects(runtime, fingerprint)
+    reference = fingerprints[0]
+    for rank, other in enumerate(fingerprints):
+        if other == reference:
+            continue
+        raise UserError(
+            f"rank {rank} runs config {other['config']} at code revision "
+            f"{other['revision'][:12]}, but rank 0 runs config {reference['config']} at code "
+            f"revision {reference['revision'][:12]}: start every node with the same config "
+            "JSON and the same code checkout"
+        )
 
 
 class StopRequest:
