@@ -33,8 +33,9 @@ def build_page(cache: ModelCache, logs_dir: str | os.PathLike, out_dir: str | No
     """The gr.Blocks page; `out_dir` receives the converted files (default: a temp folder)."""
     results = Path(out_dir or tempfile.mkdtemp(prefix="so-vits-svc-webui-"))
 
-    def folder_choices() -> list[str]:
-        return model_folders(logs_dir)
+    def folder_choices() -> list[tuple[str, str]]:
+        # Shown as logs/<name>, sent as the full path.
+        return [(f"{Path(f).parent.name}/{Path(f).name}", f) for f in model_folders(logs_dir)]
 
     def load(folder: str | None, model_file: str | None, config_file: str | None,
              cluster_file: str | None, retrieval: bool) -> tuple[str, Any]:
@@ -91,7 +92,7 @@ def build_page(cache: ModelCache, logs_dir: str | os.PathLike, out_dir: str | No
                 gr.Markdown("### Model")
                 folders = folder_choices()
                 folder = gr.Dropdown(
-                    choices=folders, value=folders[0] if folders else None,
+                    choices=folders, value=folders[0][1] if folders else None,
                     label="Model folder (newest G_*.pth and its config.json)",
                     allow_custom_value=True, elem_id="model_folder",
                 )
