@@ -36,6 +36,7 @@ from inference.webui_app import (
     newest_generator,
     resolve_choice,
 )
+from preprocessing.runner import run_cli
 from tests.helpers_model import REPO, TINY_ENCODER, UPSTREAM, shared_trained_model, sung_clip
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -116,10 +117,37 @@ def test_user_mistakes_are_one_line_messages(mini_cache: ModelCache, tmp_path: P
     assert NO_MODEL in error_message(UserError(NO_MODEL))
 
 
-def test_public_host_warns(caplog: pytest.LogCaptureFixture) -> None:
-    assert not webUI.is_public("127.0.0.1") and not webUI.is_public("localhost")
-    assert webUI.is_public("0.0.0.0") and webUI.is_public("192.168.1.5")
-    assert webUI.build_parser().parse_args([]).host == "127.0.0.1"
+class _FakePage:
+    """Stands in for the gradio page: records how it would be served."""
+
+    def __init__(self) -> None:
+        self.launched: dict[str, Any] = {}
+
+    def queue(self) -> _FakePage:
+        return self
+
+    def launch(self, **kwargs: Any) -> None:
+        self.launched = kwargs
+
+
+def test_local_by_default_and_public_host_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import inference.webui_page
+
+    page = _FakePage()
+    monkeypatch.setattr(inference.webui_page, "build_page", lambda cache, logs: page)
+    assert run_cli(webUI.main, ["--port", "7999"]) == 0
+    assert page.launched["server_name"] == "127.0.0.1" and page.launched["server_port"] == 7999
+    assert page.launched["share"] is False
+    assert "anyone who can reach" not in caplog.text
+    assert run_cli(webUI.main, ["--host", "0.0.0.0"]) == 0
+    assert page.launched["server_name"] == "0.0.0.0"
+    assert "listening on 0.0.0.0: anyone who can reach" in caplog.text
+    assert not webUI.is_public("::1") and webUI.is_public("192.168.1.5")
+    assert run_cli(webUI.main, ["--port", "70000"]) == 2
+    assert capsys.readouterr().err.startswith("error: --port 70000")
 
 
 # --------------------------------------------------------------------------- the page in a browser
