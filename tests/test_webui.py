@@ -96,6 +96,30 @@ def test_convert_twice_loads_once_and_keeps_length(
     assert out.name == "take_12key_tenor.wav"
 
 
+def test_cache_reloads_only_for_another_choice(tmp_path: Path) -> None:
+    """Uploads win over the folder; a new cluster file or another model is a new load."""
+    built: list[tuple[Any, ...]] = []
+
+    class FakeSvc:
+        def __init__(self, model: str, config: str, **options: Any) -> None:
+            built.append((model, config, options["cluster_model_path"], options["device"]))
+            self.unloaded = False
+
+        def unload_model(self) -> None:
+            self.unloaded = True
+
+    cache = ModelCache(device="cpu", factory=FakeSvc)
+    uploaded = resolve_choice(None, "up/G_5.pth", "up/config.json")
+    assert (uploaded.model_path, uploaded.config_path) == ("up/G_5.pth", "up/config.json")
+    first = cache.get(uploaded)
+    assert cache.get(resolve_choice(None, "up/G_5.pth", "up/config.json")) is first
+    with_cluster = cache.get(resolve_choice(None, "up/G_5.pth", "up/config.json", "k.pt"))
+    assert with_cluster is not first and first.unloaded
+    assert built == [("up/G_5.pth", "up/config.json", None, "cpu"),
+                     ("up/G_5.pth", "up/config.json", "k.pt", "cpu")]
+    assert cache.loads == 2 and cache.current is with_cluster
+
+
 def test_user_mistakes_are_one_line_messages(mini_cache: ModelCache, tmp_path: Path) -> None:
     svc = mini_cache.get(MINI)
     text = tmp_path / "notes.txt"
@@ -113,6 +137,12 @@ def test_user_mistakes_are_one_line_messages(mini_cache: ModelCache, tmp_path: P
         message = error_message(error)
         assert message.startswith("error: ") and "\n" not in message
     assert "mini_G.pth" in error_message(bad_fit.value)
+    source = tmp_path / "take.wav"
+    soundfile.write(source, sung_clip(0.3, MINI_SR), MINI_SR)
+    svc = mini_cache.get(MINI)  # the failed load left no model: this loads again
+    with pytest.raises(UserError, match="no cluster model or feature index") as no_cluster:
+        convert_file(svc, source, ConvertSettings(speaker="tenor", cluster_ratio=0.5), tmp_path)
+    assert "\n" not in error_message(no_cluster.value)
     assert error_message(RuntimeError("boom")).startswith("error: RuntimeError: boom")
     assert NO_MODEL in error_message(UserError(NO_MODEL))
 
