@@ -175,7 +175,9 @@ class OnnxSynthesizer(nn.Module):
         x = net._prenet(content, uv, x_mask, vol)
         z_p, _, _, c_mask = net.enc_p(x, x_mask, f0=f0_to_coarse(f0), noise=noise)
         z = net.flow(z_p, c_mask, g=g, reverse=True)
-        return net.dec(z * c_mask, g=g, f0=f0)
+        # The sine source runs in float64 (f0's dtype): its running phase over a long
+        # song drifts apart between PyTorch's and onnxruntime's float32 cumulative sums.
+        return net.dec(z * c_mask, g=g, f0=f0.double())
 
 
 def hubert_name(ssl_dim: int) -> str:

@@ -60,13 +60,14 @@ def _inputs(wrapper: OnnxSynthesizer, frames: int, seed: int) -> tuple[torch.Ten
 
 
 def _assert_onnx_matches_torch(onnx_path: Path, wrapper: OnnxSynthesizer,
-                               names: list[str]) -> list[float]:
-    """Run both at every length in LENGTHS on the same inputs; returns diff / peak per length."""
+                               names: list[str],
+                               lengths: tuple[int, ...] = LENGTHS) -> list[float]:
+    """Run both at every length on the same inputs; returns diff / peak per length."""
     session = _session(onnx_path)
     assert [i.name for i in session.get_inputs()] == names
     assert [o.name for o in session.get_outputs()] == ["audio"]
     ratios = []
-    for seed, frames in enumerate(LENGTHS):
+    for seed, frames in enumerate(lengths):
         inputs = _inputs(wrapper, frames, seed)
         with torch.no_grad():
             expected = wrapper(*inputs).numpy()
@@ -113,7 +114,11 @@ def test_upstream_layout_export_matches_pytorch(
     assert types["mel2ph"] == "tensor(int64)" and types["sid"] == "tensor(float)"
 
     wrapper = _wrapper(mini_export["folder"] / "model.pth", mini_export["folder"] / "config.json")
-    _assert_onnx_matches_torch(onnx_path, wrapper, UPSTREAM_MIX_VOL_INPUTS)
+    # 1000 frames is a 12 s song in one piece. A float32 sine phase drifts apart there
+    # (1.8e-4 of the peak, 2.7e-3 at 3000 frames); the export's float64 phase stays ~1e-6.
+    ratios = _assert_onnx_matches_torch(onnx_path, wrapper, UPSTREAM_MIX_VOL_INPUTS,
+                                        (*LENGTHS, 1000))
+    assert max(ratios) < 1e-4, ratios
 
     description = json.loads((mini_export["root"] / "checkpoints" / "mini.json").read_text())
     assert description == {
