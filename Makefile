@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast lint clean-demo
+.PHONY: demo test test-fast lint clean-demo browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,18 @@ $(VENV)/.test-installed: requirements-test.txt $(VENV)/.runtime-installed
 demo: $(VENV)/.runtime-installed
 	$(BIN)/python demo.py
 
-test: $(VENV)/.test-installed
+# Debian's chromium and chromedriver for the web UI's browser test (tests/test_webui.py).
+# Installed only when missing and only as root; otherwise that test skips and says why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium chromium-driver >/dev/null) \
+		|| echo "make browser: apt-get failed; the web UI browser test will skip"; \
+	else echo "make browser: no chromium/chromedriver and not root; the browser test will skip"; \
+	fi
+
+test: $(VENV)/.test-installed browser
 	$(BIN)/python -m pytest tests
 
 test-fast: $(VENV)/.test-installed

@@ -205,12 +205,15 @@ class TextEncoder(nn.Module):
         f0: torch.Tensor,
         noice_scale: float = 1.0,
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`noise` (B, inter, T), when given, replaces the standard normal draw (ONNX export)."""
         x = x + self.f0_emb(f0).transpose(1, 2)
         x = self.enc_(x * x_mask, x_mask)
         stats = self.proj(x) * x_mask
         m, logs = torch.split(stats, self.out_channels, dim=1)
-        noise = commons.draw_randn(m.shape, generator, m)
+        if noise is None:
+            noise = commons.draw_randn(m.shape, generator, m)
         z = (m + noise * torch.exp(logs) * noice_scale) * x_mask
         return z, m, logs, x_mask
 

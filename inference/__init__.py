@@ -1,1 +1,2 @@
-"""Inference-time helpers: silence slicing and chunked voice conversion."""
+"""Inference: silence slicing, chunked voice conversion (`Svc`), the web UI's logic and
+page, and the ONNX export."""

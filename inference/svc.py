@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -423,10 +423,13 @@ class Svc:
         cr_threshold: float = 0.05,
         use_spk_mix: bool = False,
         loudness_envelope_adjustment: float = 1,
+        progress: Callable[[float], None] | None = None,
     ) -> np.ndarray:
         """Convert a whole mono recording; returns float32 audio at `target_sample`.
 
         With `use_spk_mix`, `speaker` is a speaker-mix timeline (see spkmix.py).
+        `progress`, when given, is called with the share of the input done (0-1)
+        after every piece, so a UI can show how far a long song is.
         """
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim == 2:  # (samples, channels)
@@ -458,7 +461,11 @@ class Svc:
         output: list[np.ndarray] = []
         output_length = 0
         global_frame = 0
+        samples_done = 0
         for is_silence, data in pieces:
+            if progress is not None:
+                progress(samples_done / max(len(audio), 1))
+            samples_done += len(data)
             length = int(np.ceil(len(data) / sampling_rate * self.target_sample))
             if is_silence:
                 output.append(np.zeros(length, dtype=np.float32))
@@ -508,6 +515,8 @@ class Svc:
                     piece = piece[lg_cut_left + lg_retained :]
                 output.append(piece.astype(np.float32))
                 output_length += len(piece)
+        if progress is not None:
+            progress(1.0)
         if not output:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(output).astype(np.float32)

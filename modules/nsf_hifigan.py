@@ -70,7 +70,7 @@ class UpSample1d(nn.Module):
         self.register_buffer("filter", taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = x.size(1)
+        channels = int(x.size(1))  # a constant when traced: ONNX needs a known kernel
         x = F.pad(x, (self.pad, self.pad), mode="replicate")
         weight = self.filter.to(x.dtype).expand(channels, -1, -1)
         x = self.ratio * F.conv_transpose1d(x, weight, stride=self.ratio, groups=channels)
@@ -89,7 +89,7 @@ class LowPassFilter1d(nn.Module):
         self.register_buffer("filter", kaiser_sinc_filter1d(cutoff, half_width, kernel_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = x.size(1)
+        channels = int(x.size(1))  # a constant when traced: ONNX needs a known kernel
         x = F.pad(x, (self.pad_left, self.pad_right), mode="replicate")
         weight = self.filter.to(x.dtype).expand(channels, -1, -1)
         return F.conv1d(x, weight, stride=self.stride, groups=channels)
@@ -233,6 +233,23 @@ class SineGen(nn.Module):
         self.noise_std = noise_std
         self.voiced_threshold = voiced_threshold
 
+    def initial_phase(
+        self, batch: int, generator: torch.Generator | None, like: torch.Tensor
+    ) -> torch.Tensor:
+        """Random start phase (B, dim) of every overtone, none for the fundamental.
+
+        A method of its own so an export (inference/onnx_export.py) can fix it.
+        """
+        phase = commons.draw_rand((batch, self.dim), generator, like)
+        phase[:, 0] = 0
+        return phase
+
+    def excitation_noise(
+        self, like: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Standard normal noise shaped like the sines (B, L, dim), drawn after the phases."""
+        return commons.draw_randn(like.shape, generator, like)
+
     def forward(
         self, f0: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -242,9 +259,7 @@ class SineGen(nn.Module):
             harmonics = f0 * multiples  # (B, L, dim)
             # Phase increment per sample in cycles; whole cycles do not matter.
             rad_values = (harmonics / self.sampling_rate) % 1
-            # Random initial phase for every overtone, none for the fundamental.
-            initial_phase = commons.draw_rand((f0.size(0), self.dim), generator, rad_values)
-            initial_phase[:, 0] = 0
+            initial_phase = self.initial_phase(f0.size(0), generator, rad_values)
             rad_values[:, 0, :] = rad_values[:, 0, :] + initial_phase
             # Subtract 1 where the wrapped running phase drops, so the cumulative
             # sum stays small (avoids float32 overflow of the phase).
@@ -256,7 +271,7 @@ class SineGen(nn.Module):
             sine_waves = sines * self.sine_amp
             uv = (f0 > self.voiced_threshold).to(sine_waves.dtype)
             noise_amp = uv * self.noise_std + (1 - uv) * self.sine_amp / 3
-            noise = noise_amp * commons.draw_randn(sine_waves.shape, generator, sine_waves)
+            noise = noise_amp * self.excitation_noise(sine_waves, generator)
             sine_waves = sine_waves * uv + noise
         return sine_waves, uv, noise
 
@@ -372,7 +387,9 @@ class Generator(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """x (B, inter, T), f0 (B, T) in Hz, g (B, gin, 1 or T) -> audio (B, 1, T*upp)."""
-        f0_audio = torch.repeat_interleave(f0[:, None], self.upp, dim=-1).transpose(1, 2)
+        # Each frame's f0 repeated upp times (B, T*upp, 1); expand + reshape rather than
+        # repeat_interleave, whose ONNX export gets later slices' lengths wrong.
+        f0_audio = f0.unsqueeze(-1).expand(-1, -1, self.upp).reshape(f0.shape[0], -1, 1)
         har_source, _ = self.m_source(f0_audio, generator)
         har_source = har_source.transpose(1, 2)
         x = self.conv_pre(x)

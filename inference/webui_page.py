@@ -1,0 +1,154 @@
+"""The web UI's page: gradio widgets wired to inference/webui_app.py.
+
+Every handler returns its outcome in a status box on the page: a user's
+mistake (no model, a file that is not audio, a config that does not fit the
+weights, an unknown speaker) reads as one `error: ...` line and the server
+goes on serving.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from core.components import F0_PREDICTORS
+from inference.webui_app import (
+    ConvertSettings,
+    ModelCache,
+    convert_file,
+    error_message,
+    model_folders,
+    resolve_choice,
+    speakers,
+)
+
+TITLE = "so-vits-svc 4.1: singing voice conversion"
+
+
+def build_page(cache: ModelCache, logs_dir: str | os.PathLike, out_dir: str | None = None) -> Any:
+    """The gr.Blocks page; `out_dir` receives the converted files (default: a temp folder)."""
+    results = Path(out_dir or tempfile.mkdtemp(prefix="so-vits-svc-webui-"))
+
+    def folder_choices() -> list[tuple[str, str]]:
+        # Shown as logs/<name>, sent as the full path.
+        return [(f"{Path(f).parent.name}/{Path(f).name}", f) for f in model_folders(logs_dir)]
+
+    def load(folder: str | None, model_file: str | None, config_file: str | None,
+             cluster_file: str | None, retrieval: bool) -> tuple[str, Any]:
+        try:
+            choice = resolve_choice(folder, model_file, config_file, cluster_file, retrieval)
+            svc = cache.get(choice)
+        except Exception as error:  # shown in the page; the server keeps serving
+            return error_message(error), gr.update()
+        names = speakers(svc)
+        status = (
+            f"loaded {Path(choice.model_path).name} ({svc.target_sample} Hz); "
+            f"speakers: {', '.join(names)}"
+        )
+        return status, gr.update(choices=names, value=names[0])
+
+    def convert(folder: str | None, model_file: str | None, config_file: str | None,
+                cluster_file: str | None, retrieval: bool, cluster_ratio: float,
+                speaker: str | None, transpose: float, auto_f0: bool, f0_predictor: str,
+                noise_scale: float, slice_db: float, pad_seconds: float,
+                audio_file: str | None, recording: str | None,
+                progress: Any = gr.Progress()) -> tuple[Any, Any, str]:  # noqa: B008
+        # (gradio finds the progress bar by this default value)
+        try:
+            svc = cache.get(
+                resolve_choice(folder, model_file, config_file, cluster_file, retrieval)
+            )
+            settings = ConvertSettings(
+                speaker=str(speaker) if speaker else speakers(svc)[0],
+                transpose=float(transpose),
+                auto_predict_f0=bool(auto_f0),
+                f0_predictor=f0_predictor,
+                noise_scale=float(noise_scale),
+                slice_db=float(slice_db),
+                pad_seconds=float(pad_seconds),
+                cluster_ratio=float(cluster_ratio),
+            )
+            progress(0, desc="converting")
+            out_path, rate, length = convert_file(
+                svc, audio_file or recording, settings, results,
+                progress=lambda share: progress(share, desc="converting"),
+            )
+        except Exception as error:  # shown in the page; the server keeps serving
+            return None, None, error_message(error)
+        status = (
+            f"converted to {settings.speaker}: {out_path.name}, {length} samples at {rate} Hz "
+            f"({length / rate:.2f} s)"
+        )
+        return str(out_path), str(out_path), status
+
+    with gr.Blocks(title=TITLE) as page:
+        gr.Markdown(f"## {TITLE}")
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("### Model")
+                folders = folder_choices()
+                folder = gr.Dropdown(
+                    choices=folders, value=folders[0][1] if folders else None,
+                    label="Model folder (newest G_*.pth and its config.json)",
+                    allow_custom_value=True, elem_id="model_folder",
+                )
+                refresh = gr.Button("Refresh folders", size="sm")
+                with gr.Accordion("...or upload the two files", open=False):
+                    model_file = gr.File(label="G_*.pth", file_types=[".pth"],
+                                         elem_id="model_file")
+                    config_file = gr.File(label="config.json", file_types=[".json"],
+                                          elem_id="config_file")
+                with gr.Accordion("Cluster model or feature index (optional)", open=False):
+                    cluster_file = gr.File(label="kmeans_10000.pt or feature_and_index.pkl",
+                                           elem_id="cluster_file")
+                    retrieval = gr.Checkbox(label="The file is a feature index (retrieval)")
+                    cluster_ratio = gr.Slider(0, 1, value=0, step=0.05,
+                                              label="Cluster / index ratio (0: off)")
+                load_button = gr.Button("Load model", elem_id="load_model")
+                model_status = gr.Textbox(label="Model status", interactive=False,
+                                          elem_id="model_status")
+            with gr.Column():
+                gr.Markdown("### Conversion")
+                speaker = gr.Dropdown(choices=[], label="Speaker", allow_custom_value=True,
+                                      elem_id="speaker")
+                transpose = gr.Slider(-24, 24, value=0, step=1,
+                                      label="Transpose (semitones)")
+                auto_f0 = gr.Checkbox(
+                    label="Auto-predict f0 (speech only: songs go off key)")
+                f0_predictor = gr.Dropdown(choices=list(F0_PREDICTORS), value="pm",
+                                           label="F0 predictor")
+                noise_scale = gr.Slider(0, 1, value=0.4, step=0.01, label="Noise scale")
+                slice_db = gr.Slider(-100, 0, value=-40, step=1,
+                                     label="Slicing threshold (dB)")
+                pad_seconds = gr.Slider(0, 2, value=0.5, step=0.05,
+                                        label="Pad seconds")
+        with gr.Row():
+            with gr.Column():
+                # A plain file upload, so a file that is not audio reaches the server and
+                # gets a message (gr.Audio's own upload silently drops such files).
+                source_file = gr.File(label="Input audio file (wav, flac, ogg, mp3)",
+                                      elem_id="input_file")
+                recording = gr.Audio(sources=["microphone"], type="filepath",
+                                     label="...or record", elem_id="input_recording")
+                convert_button = gr.Button("Convert", variant="primary", elem_id="convert")
+            with gr.Column():
+                result_audio = gr.Audio(type="filepath", label="Converted", interactive=False,
+                                        buttons=["download"], elem_id="result_audio")
+                result_file = gr.File(label="Download", interactive=False,
+                                      elem_id="result_file")
+                status = gr.Textbox(label="Status", interactive=False, elem_id="status")
+
+        refresh.click(lambda: gr.update(choices=folder_choices()), outputs=folder)
+        model_inputs = [folder, model_file, config_file, cluster_file, retrieval]
+        load_button.click(load, inputs=model_inputs, outputs=[model_status, speaker])
+        convert_button.click(
+            convert,
+            inputs=[*model_inputs, cluster_ratio, speaker, transpose, auto_f0, f0_predictor,
+                    noise_scale, slice_db, pad_seconds, source_file, recording],
+            outputs=[result_audio, result_file, status],
+        )
+    return page
