@@ -304,16 +304,18 @@ class Trainer:
         self.uses_f0_predictor = bool(self.net_g.use_automatic_f0_prediction)
         if runtime.distributed:
             device_ids = [runtime.local_rank] if device.type == "cuda" else None
-            # find_unused_parameters keeps DDP's gradient buckets as built here:
-            # otherwise they are rebuilt after a run's first step, which moves
-            # where each gradient sits in a bucket, hence the order in which
-            # more than two ranks' values are summed, and a resumed run would
-            # drift by rounding from an uninterrupted one.
+            # With more than two ranks, find_unused_parameters keeps DDP's gradient
+            # buckets as built here. Otherwise DDP rebuilds them after a run's first
+            # step, which moves each gradient within its bucket, hence the order in
+            # which three or more ranks' values are summed, and a resumed run would
+            # drift by rounding from an uninterrupted one. Two ranks' sum does not
+            # depend on order, so they keep DDP's cheaper default (no graph walk).
+            fixed_buckets = runtime.world_size > 2
             self.net_g = DistributedDataParallel(
-                self.net_g, device_ids=device_ids, find_unused_parameters=True
+                self.net_g, device_ids=device_ids, find_unused_parameters=fixed_buckets
             )
             self.net_d = DistributedDataParallel(
-                self.net_d, device_ids=device_ids, find_unused_parameters=True
+                self.net_d, device_ids=device_ids, find_unused_parameters=fixed_buckets
             )
         self.writer = self.writer_eval = None
         if runtime.is_main:
