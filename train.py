@@ -41,6 +41,7 @@ from checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
+from core.compilation import compile_enabled, compile_function, compile_in_place
 from core.config_schema import validate_config
 from core.dataset_check import check_filelists, raise_if_problems
 from core.distributed import (
@@ -88,6 +89,24 @@ class StepOutput:
 
 class NonFiniteTrainingError(RuntimeError):
     """Losses stayed non-finite: training stops, the last good checkpoint is kept."""
+
+
+def gan_generator_losses(
+    y_d_hat_g: list[torch.Tensor],
+    fmap_r: list[list[torch.Tensor]],
+    fmap_g: list[list[torch.Tensor]],
+    y_mel: torch.Tensor,
+    y_hat_mel: torch.Tensor,
+    c_mel: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The generator's fixed-shape losses (adversarial, feature matching, weighted mel L1).
+
+    One function so that `train.compile` can fuse them into a few kernels.
+    """
+    loss_gen, _ = generator_loss(y_d_hat_g)
+    loss_fm = feature_loss(fmap_r, fmap_g)
+    loss_mel = F.l1_loss(y_mel, y_hat_mel) * c_mel
+    return loss_gen, loss_fm, loss_mel
 
 
 def build_optimizer(parameters: Any, hps: HParams, device: torch.device) -> torch.optim.AdamW:
@@ -332,6 +351,17 @@ class Trainer:
         self.scheduler_d = self._make_scheduler(self.optim_d, self.state.scheduler_d)
 
         self.uses_f0_predictor = bool(self.net_g.use_automatic_f0_prediction)
+        self.compiled = compile_enabled(hps.train.get("compile"), device)
+        self._mel_of_audio = self.audio_to_mel
+        self._discriminator_loss = discriminator_loss
+        self._gan_losses = gan_generator_losses
+        if self.compiled:
+            # The fixed-shape work only; state-dict keys stay as they are.
+            compile_in_place(self.net_g.dec)
+            compile_in_place(self.net_d)
+            self._discriminator_loss = compile_function(discriminator_loss)
+            self._gan_losses = compile_function(gan_generator_losses)
+            logger.info("train.compile: decoder, discriminator and GAN losses compiled")
         if runtime.distributed:
             device_ids = [runtime.local_rank] if device.type == "cuda" else None
             self.net_g = DistributedDataParallel(self.net_g, device_ids=device_ids)
@@ -566,20 +596,20 @@ class Trainer:
             y_mel = commons.slice_segments(
                 mel, ids_slice, hps.train.segment_size // hps.data.hop_length
             )
-            y_hat_mel = self.audio_to_mel(y_hat)
+            y_hat_mel = self._mel_of_audio(y_hat)
             y = commons.slice_segments(y, ids_slice * hps.data.hop_length, hps.train.segment_size)
             y_d_hat_r, y_d_hat_g, _, _ = self.net_d(y, y_hat.detach())
             with runtime.autocast(enabled=False):
-                loss_disc, _, _ = discriminator_loss(y_d_hat_r, y_d_hat_g)
+                loss_disc, _, _ = self._discriminator_loss(y_d_hat_r, y_d_hat_g)
         grad_norm_d = self._optimizer_step(self.optim_d, self.net_d, loss_disc)
 
         with runtime.autocast():
             y_d_hat_r, y_d_hat_g, fmap_r, fmap_g = self.net_d(y, y_hat)
             with runtime.autocast(enabled=False):
-                loss_mel = F.l1_loss(y_mel, y_hat_mel) * hps.train.c_mel
+                loss_gen, loss_fm, loss_mel = self._gan_losses(
+                    y_d_hat_g, fmap_r, fmap_g, y_mel, y_hat_mel, hps.train.c_mel
+                )
                 loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * hps.train.c_kl
-                loss_fm = feature_loss(fmap_r, fmap_g)
-                loss_gen, _ = generator_loss(y_d_hat_g)
                 loss_lf0 = (
                     F.mse_loss(pred_lf0, lf0)
                     if self.uses_f0_predictor

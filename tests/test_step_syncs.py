@@ -6,44 +6,24 @@ Every host read of a device value (`item`, `bool`, `float`, `int`, `tolist`,
 
 from __future__ import annotations
 
-import contextlib
-from collections import Counter
-from collections.abc import Iterator
-
-import pytest
 import torch
 
 import train
 from core.distributed import StopVote
+from core.host_reads import counting_host_reads
 from tests.test_trainer import build_trainer, small_set  # noqa: F401  (fixture)
 
-HOST_READS = ("item", "__bool__", "__float__", "__int__", "tolist", "numpy")
 
-
-@contextlib.contextmanager
-def counting_host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter]:
-    """Count calls of every tensor method that hands a value to Python."""
-    counts: Counter = Counter()
-    with monkeypatch.context() as patch:
-        for name in HOST_READS:
-            original = getattr(torch.Tensor, name)
-
-            def counted(self, *args, _name=name, _original=original, **kwargs):
-                counts[_name] += 1
-                return _original(self, *args, **kwargs)
-
-            patch.setattr(torch.Tensor, name, counted)
-        yield counts
-
-
-def test_the_counter_sees_host_reads(monkeypatch):
+def test_the_counter_sees_host_reads():
     value = torch.ones(2)
-    with counting_host_reads(monkeypatch) as counts:
+    with counting_host_reads() as counts:
         bool(value[0]), float(value[0]), value.tolist(), value.numpy()
     assert counts == {"__bool__": 1, "__float__": 1, "tolist": 1, "numpy": 1}
+    float(value[0])
+    assert counts["__float__"] == 1  # counting ends with the block
 
 
-def test_a_step_that_does_not_log_reads_nothing_on_the_host(small_set, monkeypatch):  # noqa: F811
+def test_a_step_that_does_not_log_reads_nothing_on_the_host(small_set):  # noqa: F811
     trainer = build_trainer(small_set, "syncs", train={"log_interval": 100})
     batch = next(iter(trainer.train_loader))
     trainer.state.step = 0
@@ -53,7 +33,7 @@ def test_a_step_that_does_not_log_reads_nothing_on_the_host(small_set, monkeypat
     weights = [p.detach().clone() for p in trainer.net_g.parameters()]
     trainer.state.step += 1
     assert not trainer._is_check_step()
-    with counting_host_reads(monkeypatch) as counts:
+    with counting_host_reads() as counts:
         output = trainer.train_step(batch)
         stop = trainer.stop_vote.poll(trainer.stop_request.requested)
     assert sum(counts.values()) == 0, dict(counts)
@@ -64,12 +44,12 @@ def test_a_step_that_does_not_log_reads_nothing_on_the_host(small_set, monkeypat
     assert trainer.scaler.get_scale() == 1.0
 
 
-def test_a_logging_step_reads_its_values_in_one_transfer(small_set, monkeypatch):  # noqa: F811
+def test_a_logging_step_reads_its_values_in_one_transfer(small_set):  # noqa: F811
     trainer = build_trainer(small_set, "logreads", train={"log_interval": 100})
     batch = next(iter(trainer.train_loader))
     trainer.state.step = 1
     output = trainer.train_step(batch)
-    with counting_host_reads(monkeypatch) as counts:
+    with counting_host_reads() as counts:
         trainer.log_training(1, 0, output)
     assert sum(counts.values()) <= 2, dict(counts)  # the packed values (+ their list)
     assert counts["numpy"] == 1, dict(counts)
