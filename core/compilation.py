@@ -44,7 +44,7 @@ def compiler_problem(device: torch.device) -> str | None:
     if not hasattr(torch, "compile"):
         return "this PyTorch has no torch.compile"
     try:
-        probe = torch.compile(_probe, options=COMPILE_OPTIONS)
+        probe = compile_function(_probe)
         value = probe(torch.ones(4, device=device))
         expected = _probe(torch.ones(4, device=device))
     except Exception as error:  # any toolchain failure means: stay eager
@@ -59,17 +59,19 @@ def _probe(x: torch.Tensor) -> torch.Tensor:
     return torch.relu(x * 2.0 - 1.0).sum(0, keepdim=True)
 
 
-def compile_in_place(module: torch.nn.Module, backend: str = BACKEND) -> None:
+def compile_in_place(module: torch.nn.Module, backend: str | None = None) -> None:
     """Compile `module`'s forward without renaming a parameter or a state-dict key.
 
     Static shapes first; a second shape (a short last batch, an evaluation
     clip) compiles once with dynamic shapes instead of once per shape.
     """
+    backend = backend or BACKEND
     module.compile(backend=backend, options=_options(backend))
 
 
-def compile_function(function: F, backend: str = BACKEND) -> F:
+def compile_function(function: F, backend: str | None = None) -> F:
     """A compiled `function`: static shapes first; a second shape compiles once, dynamically."""
+    backend = backend or BACKEND
     return torch.compile(function, backend=backend, options=_options(backend))  # type: ignore[return-value]
 
 
