@@ -352,7 +352,6 @@ class Trainer:
 
         self.uses_f0_predictor = bool(self.net_g.use_automatic_f0_prediction)
         self.compiled = compile_enabled(hps.train.get("compile"), device)
-        self._mel_of_audio = self.audio_to_mel
         self._discriminator_loss = discriminator_loss
         self._gan_losses = gan_generator_losses
         if self.compiled:
@@ -596,7 +595,7 @@ class Trainer:
             y_mel = commons.slice_segments(
                 mel, ids_slice, hps.train.segment_size // hps.data.hop_length
             )
-            y_hat_mel = self._mel_of_audio(y_hat)
+            y_hat_mel = self.audio_to_mel(y_hat)
             y = commons.slice_segments(y, ids_slice * hps.data.hop_length, hps.train.segment_size)
             y_d_hat_r, y_d_hat_g, _, _ = self.net_d(y, y_hat.detach())
             with runtime.autocast(enabled=False):
