@@ -42,6 +42,7 @@ from modules.mel_processing import spectrogram_torch
 
 CROP_THRESHOLD_FRAMES = 800  # clips longer than this are cropped ...
 CROP_FRAMES = 790  # ... to this many frames (upstream's numbers)
+TRAIN_PREFETCH_BATCHES = 4  # per worker; PyTorch's default is 2
 
 # One loaded item: content (C, T), f0 (T,), spec (F, T), audio (1, T * hop),
 # speaker id (1,), uv (T,), volume (T,) or None.
@@ -443,7 +444,10 @@ def make_train_loader(
     tool is used with, dropping it would discard a noticeable share of the
     clips every epoch, and all ranks still run the same number of batches.
     Worker seeds come from a generator seeded by (seed, rank), so building the
-    loader never draws from the trainer's global torch RNG.
+    loader never draws from the trainer's global torch RNG. Workers persist
+    across epochs (every item's random draws come from the item and the epoch,
+    not the worker, so resume stays exact); batches land in pinned memory on
+    CUDA, so the trainer's non-blocking copies overlap the step.
     """
     sampler = DistributedEpochSampler(
         len(dataset), num_replicas=world_size, rank=rank, seed=seed, shuffle=True
@@ -460,6 +464,8 @@ def make_train_loader(
         pin_memory=device_type == "cuda",
         drop_last=False,
         persistent_workers=num_workers > 0,
+        # Batches queued ahead per worker, so a slow clip never stalls the step.
+        prefetch_factor=TRAIN_PREFETCH_BATCHES if num_workers > 0 else None,
         generator=generator,
         worker_init_fn=leave_stopping_to_main_process,
     )

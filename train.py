@@ -43,13 +43,13 @@ from checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
+from core.compilation import compile_enabled, compile_function, compile_in_place
 from core.config_schema import validate_config
 from core.dataset_check import check_filelists, raise_if_problems
 from core.distributed import (
     Runtime,
     StopRequest,
-    all_ranks,
-    any_rank,
+    StopVote,
     broadcast_object,
     count_processes,
     gather_objects,
@@ -79,6 +79,9 @@ logger = logging.getLogger("so-vits-svc")
 REPO_DIR = Path(__file__).resolve().parent
 
 MAX_CONSECUTIVE_NONFINITE = 20
+# Skipped updates are counted on the device and read at most this many steps apart
+# (and at every log step), so a step that does not log never waits for the device.
+NONFINITE_CHECK_INTERVAL = 10
 
 
 @dataclass
@@ -91,6 +94,88 @@ class StepOutput:
 
 class NonFiniteTrainingError(RuntimeError):
     """Losses stayed non-finite: training stops, the last good checkpoint is kept."""
+
+
+def gan_generator_losses(
+    y_d_hat_g: list[torch.Tensor],
+    fmap_r: list[list[torch.Tensor]],
+    fmap_g: list[list[torch.Tensor]],
+    y_mel: torch.Tensor,
+    y_hat_mel: torch.Tensor,
+    c_mel: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The generator's fixed-shape losses (adversarial, feature matching, weighted mel L1).
+
+    One function so that `train.compile` can fuse them into a few kernels.
+    """
+    loss_gen, _ = generator_loss(y_d_hat_g)
+    loss_fm = feature_loss(fmap_r, fmap_g)
+    loss_mel = F.l1_loss(y_mel, y_hat_mel) * c_mel
+    return loss_gen, loss_fm, loss_mel
+
+
+def build_optimizer(parameters: Any, hps: HParams, device: torch.device) -> torch.optim.AdamW:
+    """AdamW as upstream, fused into one kernel where the device has one.
+
+    The fused kernel also takes the grad scaler's device-side `found_inf`, so
+    a non-finite update is skipped without the host looking at it.
+    """
+    betas, eps = tuple(hps.train.betas), hps.train.eps
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(
+        parameters,
+        hps.train.learning_rate,
+        betas=betas,
+        eps=eps,
+        fused=fused or None,
+        foreach=None if fused else True,
+    )
+
+
+def keep_optimizer_fused(optimizer: torch.optim.Optimizer) -> None:
+    """Restore the fused flags a loaded state dict (upstream's, say) may have switched off.
+
+    `load_state_dict` takes the saved param groups whole; an unfused group
+    would ignore `found_inf` and apply a non-finite update. The fused kernel
+    keeps its step counts as float32 on the parameters' device.
+    """
+    if not getattr(optimizer, "_step_supports_amp_scaling", False):
+        return
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, None
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if "step" in state:
+                state["step"] = torch.as_tensor(
+                    state["step"], dtype=torch.float32, device=parameter.device
+                )
+
+
+def build_grad_scaler(runtime: Runtime) -> torch.amp.GradScaler:
+    """A grad scaler for every precision: dynamic for fp16, a fixed scale of 1 otherwise.
+
+    At scale 1 scaling and unscaling are exact, and the scaler's inf check
+    gives the optimizer a device-side `found_inf`: non-finite updates are
+    skipped on the device in bf16 and float32 too.
+    """
+    if runtime.uses_grad_scaler:
+        return torch.amp.GradScaler(runtime.device.type)
+    scaler = torch.amp.GradScaler(runtime.device.type, init_scale=1.0)
+    # The constructor insists on a growing scale; these setters do not.
+    scaler.set_growth_factor(1.0)
+    scaler.set_backoff_factor(1.0)
+    return scaler
+
+
+def poison_if_nonfinite(loss: torch.Tensor) -> torch.Tensor:
+    """`loss` unchanged when finite; otherwise NaN gradients everywhere, so the update is skipped.
+
+    A NaN loss term without a gradient (a constant) would leave finite
+    gradients; multiplying by NaN folds the loss into the scaler's inf check.
+    Multiplying by exactly 1.0 keeps finite steps bit-for-bit.
+    """
+    guard = torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
+    return loss * guard
 
 
 # --------------------------------------------------------------------------- set-up
@@ -288,20 +373,27 @@ class Trainer:
         device = runtime.device
         self.net_g = build_generator(hps).to(device)
         self.net_d = build_discriminator(hps).to(device)
-        betas, eps = tuple(hps.train.betas), hps.train.eps
-        self.optim_g = torch.optim.AdamW(
-            self.net_g.parameters(), hps.train.learning_rate, betas=betas, eps=eps
-        )
-        self.optim_d = torch.optim.AdamW(
-            self.net_d.parameters(), hps.train.learning_rate, betas=betas, eps=eps
-        )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.uses_grad_scaler)
+        self.optim_g = build_optimizer(self.net_g.parameters(), hps, device)
+        self.optim_d = build_optimizer(self.net_d.parameters(), hps, device)
+        self.scaler = build_grad_scaler(runtime)
         self.state = TrainState(world_size=runtime.world_size, seed=seed)
         self.resume()
+        keep_optimizer_fused(self.optim_g)
+        keep_optimizer_fused(self.optim_d)
         self.scheduler_g = self._make_scheduler(self.optim_g, self.state.scheduler_g)
         self.scheduler_d = self._make_scheduler(self.optim_d, self.state.scheduler_d)
 
         self.uses_f0_predictor = bool(self.net_g.use_automatic_f0_prediction)
+        self.compiled = compile_enabled(hps.train.get("compile"), device)
+        self._discriminator_loss = discriminator_loss
+        self._gan_losses = gan_generator_losses
+        if self.compiled:
+            # The fixed-shape work only; state-dict keys stay as they are.
+            compile_in_place(self.net_g.dec)
+            compile_in_place(self.net_d)
+            self._discriminator_loss = compile_function(discriminator_loss)
+            self._gan_losses = compile_function(gan_generator_losses)
+            logger.info("train.compile: decoder, discriminator and GAN losses compiled")
         if runtime.distributed:
             device_ids = [runtime.local_rank] if device.type == "cuda" else None
             # With more than two ranks, find_unused_parameters keeps DDP's gradient
@@ -323,8 +415,20 @@ class Trainer:
 
             self.writer = SummaryWriter(log_dir=str(self.model_dir))
             self.writer_eval = SummaryWriter(log_dir=str(self.model_dir / "eval"))
-        self.consecutive_nonfinite = 0
+        # Counted on the device: the current run of skipped steps, and skips since last read.
+        self._nonfinite_run = torch.zeros((), dtype=torch.int64, device=device)
+        self._nonfinite_unread = torch.zeros((), dtype=torch.int64, device=device)
+        self.stop_vote = StopVote(runtime)
         self.last_saved_step = self.state.step
+
+    @property
+    def consecutive_nonfinite(self) -> int:
+        """Steps skipped in a row so far (reads the device: not for every step)."""
+        return int(self._nonfinite_run)
+
+    @consecutive_nonfinite.setter
+    def consecutive_nonfinite(self, value: int) -> None:
+        self._nonfinite_run.fill_(value)
 
     # ----------------------------------------------------------------- resume
 
@@ -557,7 +661,7 @@ class Trainer:
             step = self.state.step
             if self.runtime.is_main and step % self.hps.train.log_interval == 0:
                 self.log_training(epoch, batch_index, output)
-            stop = any_rank(self.runtime, self.stop_request.requested)
+            stop = self.stop_vote.poll(self.stop_request.requested)
             at_limit = self.max_steps is not None and step >= self.max_steps
             if step % self.hps.train.eval_interval == 0 or stop or at_limit:
                 if self.runtime.is_main and step % self.hps.train.eval_interval == 0:
@@ -567,6 +671,7 @@ class Trainer:
                 progress.update(1)
             batch_index += 1
             if stop or at_limit:
+                self.stop_vote.close()
                 if progress is not None:
                     progress.close()
                 reason = (
@@ -606,16 +711,16 @@ class Trainer:
             y = commons.slice_segments(y, ids_slice * hps.data.hop_length, hps.train.segment_size)
             y_d_hat_r, y_d_hat_g, _, _ = self.net_d(y, y_hat.detach())
             with runtime.autocast(enabled=False):
-                loss_disc, _, _ = discriminator_loss(y_d_hat_r, y_d_hat_g)
+                loss_disc, _, _ = self._discriminator_loss(y_d_hat_r, y_d_hat_g)
         grad_norm_d = self._optimizer_step(self.optim_d, self.net_d, loss_disc)
 
         with runtime.autocast():
             y_d_hat_r, y_d_hat_g, fmap_r, fmap_g = self.net_d(y, y_hat)
             with runtime.autocast(enabled=False):
-                loss_mel = F.l1_loss(y_mel, y_hat_mel) * hps.train.c_mel
+                loss_gen, loss_fm, loss_mel = self._gan_losses(
+                    y_d_hat_g, fmap_r, fmap_g, y_mel, y_hat_mel, hps.train.c_mel
+                )
                 loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * hps.train.c_kl
-                loss_fm = feature_loss(fmap_r, fmap_g)
-                loss_gen, _ = generator_loss(y_d_hat_g)
                 loss_lf0 = (
                     F.mse_loss(pred_lf0, lf0)
                     if self.uses_f0_predictor
@@ -625,6 +730,8 @@ class Trainer:
         grad_norm_g = self._optimizer_step(self.optim_g, self.net_g, loss_gen_all)
         self.scaler.update()
         self._count_nonfinite(grad_norm_d, grad_norm_g)
+        if self._is_check_step():
+            self._check_nonfinite()
         losses = {
             "loss/g/total": loss_gen_all,
             "loss/d/total": loss_disc,
@@ -658,39 +765,54 @@ class Trainer:
     ) -> torch.Tensor:
         """Backward, unscale, measure the gradient norm, and step unless something is not finite.
 
-        The norm is one tensor computed on the device (no host sync per
-        parameter). Whether the loss or the gradients are finite is agreed by
-        all ranks in one tiny all-reduce, so every rank skips the same update
-        (DDP would hang otherwise). fp16 overflow is the grad scaler's job, as
-        upstream. Returns the norm, NaN when the update was skipped.
+        Nothing here reads a value on the host. A non-finite loss poisons the
+        gradients; the scaler's device-side inf check then makes the (fused)
+        optimizer skip the update. Under DDP the gradients are averaged before
+        the check, so every rank skips the same update with no extra
+        collective. Returns the norm, non-finite when the update was skipped.
         """
         optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(poison_if_nonfinite(loss)).backward()
         self.scaler.unscale_(optimizer)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-        if self.runtime.uses_grad_scaler:
-            self.scaler.step(optimizer)
-            return grad_norm.detach()
-        finite = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
-        if all_ranks(self.runtime, bool(finite)):
-            optimizer.step()
-            return grad_norm.detach()
-        return torch.full_like(grad_norm.detach(), float("nan"))
+        self.scaler.step(optimizer)
+        return grad_norm.detach()
 
     def _count_nonfinite(self, grad_norm_d: torch.Tensor, grad_norm_g: torch.Tensor) -> None:
+        """Count skipped updates on the device (fp16 overflow is the scaler's business)."""
         if self.runtime.uses_grad_scaler:
             return
-        if bool(torch.isfinite(grad_norm_d)) and bool(torch.isfinite(grad_norm_g)):
-            self.consecutive_nonfinite = 0
+        skipped = ~(torch.isfinite(grad_norm_d) & torch.isfinite(grad_norm_g))
+        self._nonfinite_run = torch.where(skipped, self._nonfinite_run + 1, 0)
+        self._nonfinite_unread += skipped
+
+    def _is_check_step(self) -> bool:
+        step = self.state.step
+        return step % NONFINITE_CHECK_INTERVAL == 0 or step % self.hps.train.log_interval == 0
+
+    def _check_nonfinite(self) -> None:
+        """Read the skip counters (one transfer), warn, and stop after too many in a row."""
+        if self.runtime.uses_grad_scaler:
             return
-        self.consecutive_nonfinite += 1
-        logger.warning(
-            "step %d: non-finite loss or gradient, update skipped (%d in a row)",
-            self.state.step,
-            self.consecutive_nonfinite,
-        )
-        if self.consecutive_nonfinite >= MAX_CONSECUTIVE_NONFINITE:
+        run, unread = torch.stack((self._nonfinite_run, self._nonfinite_unread)).tolist()
+        if unread == 0:
+            return
+        self._nonfinite_unread.zero_()
+        if run > 0:
+            logger.warning(
+                "step %d: non-finite loss or gradient, update skipped (%d in a row)",
+                self.state.step,
+                run,
+            )
+        if unread > run:
+            logger.warning(
+                "step %d: %d updates with non-finite losses or gradients skipped since the "
+                "last check",
+                self.state.step,
+                unread,
+            )
+        if run >= MAX_CONSECUTIVE_NONFINITE:
             raise NonFiniteTrainingError(
                 f"{MAX_CONSECUTIVE_NONFINITE} steps in a row had non-finite losses: training "
                 "stopped; the last checkpoint is untouched. Lower the learning rate, check the "
@@ -700,10 +822,31 @@ class Trainer:
     # ----------------------------------------------------------------- logging
 
     def log_training(self, epoch: int, batch_index: int, output: StepOutput) -> None:
-        """One log line and TensorBoard scalars/images under upstream's tags."""
+        """One log line and TensorBoard scalars/images under upstream's tags.
+
+        Everything read from the device (every loss and the first item of each
+        plotted tensor) comes over in one transfer.
+        """
         losses, plots = output.losses, output.plots
+        plot_names = ["y_mel", "y_hat_mel", "mel"]
+        if self.uses_f0_predictor:
+            plot_names += ["lf0", "pred_lf0", "norm_lf0"]
+        firsts = [plots[name][0].float() for name in plot_names]
+        loss_names = list(losses)
+        packed = torch.cat(
+            [torch.stack([losses[name].float() for name in loss_names])]
+            + [first.flatten() for first in firsts]
+        )
+        host = packed.cpu().numpy()
+        values = dict(zip(loss_names, host[: len(loss_names)].tolist()))
+        arrays: dict[str, np.ndarray] = {}
+        offset = len(loss_names)
+        for name, first in zip(plot_names, firsts):
+            arrays[name] = host[offset : offset + first.numel()].reshape(tuple(first.shape))
+            offset += first.numel()
+
         learning_rate = self.optim_g.param_groups[0]["lr"]
-        scalars = {tag: float(value) for tag, value in losses.items() if tag != "loss/g/gen"}
+        scalars = {tag: value for tag, value in values.items() if tag != "loss/g/gen"}
         scalars["learning_rate"] = learning_rate
         progress = 100.0 * batch_index / max(1, self.batches_per_epoch)
         logger.info(
@@ -714,25 +857,21 @@ class Trainer:
             self.state.step,
             learning_rate,
             scalars["loss/d/total"],
-            float(losses["loss/g/gen"]),
+            values["loss/g/gen"],
             scalars["loss/g/fm"],
             scalars["loss/g/mel"],
             scalars["loss/g/kl"],
             scalars["loss/g/lf0"],
         )
-
-        def first(name: str) -> np.ndarray:
-            return plots[name][0].float().cpu().numpy()
-
         images = {
-            "slice/mel_org": plot_spectrogram_to_numpy(first("y_mel")),
-            "slice/mel_gen": plot_spectrogram_to_numpy(first("y_hat_mel")),
-            "all/mel": plot_spectrogram_to_numpy(first("mel")),
+            "slice/mel_org": plot_spectrogram_to_numpy(arrays["y_mel"]),
+            "slice/mel_gen": plot_spectrogram_to_numpy(arrays["y_hat_mel"]),
+            "all/mel": plot_spectrogram_to_numpy(arrays["mel"]),
         }
         if self.uses_f0_predictor:
-            lf0 = first("lf0")[0]
-            images["all/lf0"] = plot_data_to_numpy(lf0, first("pred_lf0")[0])
-            images["all/norm_lf0"] = plot_data_to_numpy(lf0, first("norm_lf0")[0])
+            lf0 = arrays["lf0"][0]
+            images["all/lf0"] = plot_data_to_numpy(lf0, arrays["pred_lf0"][0])
+            images["all/norm_lf0"] = plot_data_to_numpy(lf0, arrays["norm_lf0"][0])
         summarize(self.writer, self.state.step, scalars=scalars, images=images)
 
     # ----------------------------------------------------------------- eval and save

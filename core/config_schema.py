@@ -50,7 +50,7 @@ class KeySpec:
     section: str
     name: str
     kind: str  # "int", "float", "bool", "str", "port", "int_list", "int_list_list",
-    # "float_pair", "float_or_null", "int_or_null"
+    # "float_pair", "float_or_null", "int_or_null", "bool_or_null"
     description: str
     default: Any = REQUIRED
     status: str = "used"  # "used" | "ignored" | "added"
@@ -100,6 +100,14 @@ SCHEMA: tuple[KeySpec, ...] = tuple(
                 "int_or_null",
                 "DataLoader worker processes; null = upstream's choice "
                 "(5, or fewer CPUs; 0 with all_in_mem).",
+                None,
+                "added",
+            ),
+            (
+                "compile",
+                "bool_or_null",
+                "torch.compile the fixed-shape work (decoder, discriminator, losses); "
+                "null = on for CUDA, off on the CPU.",
                 None,
                 "added",
             ),
@@ -212,6 +220,7 @@ def _check_type(kind: str, value: Any) -> str | None:
         ),
         "float_or_null": (lambda v: v is None or _is_number(v), "a number or null"),
         "int_or_null": (lambda v: v is None or _is_int(v), "an integer or null"),
+        "bool_or_null": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     }
     check, expected = checks[kind]
     return None if check(value) else expected

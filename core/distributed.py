@@ -253,6 +253,43 @@ def all_ranks(runtime: Runtime, flag: bool) -> bool:
     return not any_rank(runtime, not flag)
 
 
+class StopVote:
+    """Agree across ranks whether to stop, without making any step wait for the others.
+
+    Each call casts this step's vote in an asynchronous all-reduce and returns
+    the agreement on the previous call's vote, which has had a whole step to
+    arrive: every rank stops at the same step, one step after the first rank
+    asked. The votes travel over gloo on host memory, so a GPU stream never
+    waits for them. One process needs no collective: its own flag is the answer.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._distributed = runtime.distributed and dist.is_initialized()
+        self._group = None
+        if self._distributed and dist.get_backend() != "gloo":
+            self._group = dist.new_group(backend="gloo")
+        self._pending: tuple[Any, torch.Tensor] | None = None
+
+    def poll(self, flag: bool) -> bool:
+        """Cast `flag` for this step; True when some rank asked to stop one call ago."""
+        if not self._distributed:
+            return flag
+        agreed = self.close()
+        vote = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        work = dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        self._pending = (work, vote)
+        return agreed
+
+    def close(self) -> bool:
+        """Wait for the vote in flight (if any) and return it; call before leaving the loop."""
+        if self._pending is None:
+            return False
+        work, vote = self._pending
+        self._pending = None
+        work.wait()
+        return bool(vote[0] > 0)
+
+
 def gather_objects(runtime: Runtime, obj: Any) -> list[Any]:
     """Every rank's `obj`, in rank order, on every rank."""
     if not runtime.distributed:

@@ -20,17 +20,22 @@ def feature_loss(
 
 def discriminator_loss(
     disc_real_outputs: Sequence[torch.Tensor], disc_generated_outputs: Sequence[torch.Tensor]
-) -> tuple[torch.Tensor, list[float], list[float]]:
-    """LSGAN discriminator loss: mean (1 - D(real))^2 + mean D(fake)^2 per discriminator."""
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """LSGAN discriminator loss: mean (1 - D(real))^2 + mean D(fake)^2 per discriminator.
+
+    The per-discriminator terms come back as detached 0-d tensors, not floats:
+    turning them into Python numbers would make every training step wait for
+    the device.
+    """
     loss = torch.zeros((), device=disc_real_outputs[0].device)
-    r_losses: list[float] = []
-    g_losses: list[float] = []
+    r_losses: list[torch.Tensor] = []
+    g_losses: list[torch.Tensor] = []
     for real, fake in zip(disc_real_outputs, disc_generated_outputs):
         r_loss = torch.mean((1 - real.float()) ** 2)
         g_loss = torch.mean(fake.float() ** 2)
         loss = loss + r_loss + g_loss
-        r_losses.append(r_loss.item())
-        g_losses.append(g_loss.item())
+        r_losses.append(r_loss.detach())
+        g_losses.append(g_loss.detach())
     return loss, r_losses, g_losses
 
 

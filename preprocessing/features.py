@@ -33,9 +33,9 @@ from preprocessing.runner import ItemResult, RunSummary, run_parallel
 
 SILENCE_PEAK = 1e-4
 
-# Per-process cache of the loaded models, filled by `init_worker` (the pool
-# initializer, or a direct call for in-process runs): models load once per
-# process, not once per file.
+# Per-process cache: the settings from `init_worker` (the pool
+# initializer, or a direct call for in-process runs), and the models, loaded once per
+# process when a file first needs them, not once per file.
 _WORKER_MODELS: dict[str, Any] = {}
 
 
@@ -233,13 +233,23 @@ def _too_short_reason(num_samples: int, settings: FeatureSettings) -> str | None
 
 
 def init_worker(settings: FeatureSettings) -> None:
-    """Load the speech encoder and f0 predictor once in this process (pool initializer).
+    """Prepare this process (pool initializer); the models load when a file first needs them.
+
+    Loading lazily means a rerun whose files are all up to date never starts
+    the encoder, and on a GPU machine never creates a CUDA context in each of
+    the (cpu_count) workers just to skip every file.
+    """
+    _WORKER_MODELS.clear()
+    torch.set_num_threads(1)
+    _WORKER_MODELS["settings"] = settings
+
+
+def _load_models(settings: FeatureSettings) -> None:
+    """Load the speech encoder and f0 predictor once in this process.
 
     Failures are stored, not raised, so every task can report them as fatal
     instead of the pool breaking with an opaque error.
     """
-    _WORKER_MODELS.clear()
-    torch.set_num_threads(1)
     try:
         from modules.f0_predictors import get_f0_predictor
         from modules.speech_encoders import load_speech_encoder
@@ -269,7 +279,7 @@ def init_worker(settings: FeatureSettings) -> None:
             f"predictor ({type(error).__name__}: {error})"
         )
         return
-    _WORKER_MODELS.update(settings=settings, encoder=encoder, predictor=predictor)
+    _WORKER_MODELS.update(encoder=encoder, predictor=predictor)
 
 
 def process_wav(wav_path: str) -> ItemResult:
@@ -282,6 +292,10 @@ def process_wav(wav_path: str) -> ItemResult:
         stale = stale_outputs(wav_path, settings, int(info.frames))
         if not stale and info.samplerate == settings.sampling_rate and info.channels == 1:
             return ItemResult(wav_path, "skipped")
+        if "encoder" not in _WORKER_MODELS:
+            _load_models(settings)
+            if "error" in _WORKER_MODELS:
+                return ItemResult(wav_path, "failed", reason=_WORKER_MODELS["error"], fatal=True)
         wav = read_dataset_wav(wav_path, settings.sampling_rate)
         reason = _too_short_reason(wav.shape[0], settings)
         if reason is not None:

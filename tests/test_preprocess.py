@@ -365,3 +365,25 @@ def test_remove_stale_temp_files(tmp_path: Path) -> None:
     unrelated.write_bytes(b"keep")
     assert feature_files.remove_stale_feature_temp_files([tmp_path]) == [str(leftover)]
     assert not leftover.exists() and unrelated.exists()
+
+
+def test_models_load_only_when_a_file_needs_them(tmp_path: Path, monkeypatch) -> None:
+    """An up-to-date rerun never loads the encoder (on a GPU: no CUDA context per worker)."""
+    import modules.speech_encoders as speech_encoders
+
+    loads: list[str] = []
+
+    def refuse(name: str, **kwargs: object) -> None:
+        loads.append(name)
+        raise RuntimeError("encoder unavailable")
+
+    monkeypatch.setattr(speech_encoders, "load_speech_encoder", refuse)
+    wav = tmp_path / "a.wav"
+    soundfile.write(wav, np.zeros(44100, dtype=np.float32), 44100, subtype="PCM_16")
+    features.init_worker(_settings())
+    monkeypatch.setattr(features, "stale_outputs", lambda *args: {})
+    assert features.process_wav(str(wav)).status == "skipped"
+    assert loads == []
+    monkeypatch.setattr(features, "stale_outputs", lambda *args: {"soft": "missing"})
+    result = features.process_wav(str(wav))
+    assert result.fatal and "encoder unavailable" in result.reason and loads == ["vec768l12"]

@@ -17,12 +17,14 @@ from core.distributed import StopRequest, init_runtime
 from tests.helpers_data import make_config, make_dataset
 
 
-def build_trainer(root: Path, name: str = "run", **sections) -> train.Trainer:
+def build_trainer(
+    root: Path, name: str = "run", device_type: str = "cpu", **sections
+) -> train.Trainer:
     config = make_config(root, **sections)
     config, _ = validate_config(config, "test")
     hps = utils.HParams(**config)
     hps.model_dir = str(root / "logs" / name)
-    runtime = init_runtime(0, 0, 1, "cpu", hps.train.fp16_run, hps.train.half_type)
+    runtime = init_runtime(0, 0, 1, device_type, hps.train.fp16_run, hps.train.half_type)
     return train.Trainer(hps, runtime, StopRequest(), max_steps=None)
 
 
