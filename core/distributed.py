@@ -239,20 +239,6 @@ def shutdown(runtime: Runtime) -> None:
         dist.destroy_process_group()
 
 
-def any_rank(runtime: Runtime, flag: bool) -> bool:
-    """True on every rank when `flag` is true on at least one (a collective)."""
-    if not runtime.distributed:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=runtime.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
-
-
-def all_ranks(runtime: Runtime, flag: bool) -> bool:
-    """True on every rank when `flag` is true on all of them (a collective)."""
-    return not any_rank(runtime, not flag)
-
-
 class StopVote:
     """Agree across ranks whether to stop, without making any step wait for the others.
 
