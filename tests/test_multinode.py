@@ -412,16 +412,17 @@ def test_signal_to_the_whole_group_finishes_the_step_and_saves(tmp_path, signum)
 
 
 @pytest.mark.slow
-def test_signal_to_a_torchrun_job_ends_it_with_a_checkpoint_and_exit_zero(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_a_torchrun_job_ends_it_with_a_checkpoint_and_exit_zero(tmp_path, signum):
     config = setup_run(tmp_path, train={"epochs": 100, "eval_interval": 1000, "num_workers": 2})
     log = tmp_path / "logs" / "group" / "train.log"
     returncode, output = _signal_the_group(
         [sys.executable, str(LAUNCH), "--standalone", "--nproc_per_node", "2",
          str(TRAIN), "-c", str(config), "-m", "group"],
-        tmp_path, log, signal.SIGTERM,
+        tmp_path, log, signum,
     )
     assert returncode == 0, output[-4000:]
     assert "killed by signal" not in output and "Traceback" not in output
     last = max(logged_steps(log.read_text()))
-    assert f"SIGTERM received: saved step {last}" in output
+    assert f"{signal.Signals(signum).name} received: saved step {last}" in output
     assert (tmp_path / "logs" / "group" / f"G_{last}.pth").is_file()
