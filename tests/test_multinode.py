@@ -396,29 +396,15 @@ def _signal_the_group(command: list[str], cwd: Path, log: Path, signum: int):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["python", "core.launch"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_to_the_whole_group_finishes_the_step_and_saves(tmp_path, signum):
+def test_signal_to_the_whole_group_finishes_the_step_and_saves(tmp_path, launcher, signum):
+    """One process, or two under the torchrun launcher: the step ends, a pair is saved, exit 0."""
     config = setup_run(tmp_path, train={"epochs": 100, "eval_interval": 1000, "num_workers": 2})
     log = tmp_path / "logs" / "group" / "train.log"
+    prefix = [] if launcher == "python" else [str(LAUNCH), "--standalone", "--nproc_per_node", "2"]
     returncode, output = _signal_the_group(
-        [sys.executable, str(TRAIN), "-c", str(config), "-m", "group"], tmp_path, log, signum
-    )
-    assert returncode == 0, output[-4000:]
-    assert "killed by signal" not in output
-    last = max(logged_steps(log.read_text()))
-    assert f"{signal.Signals(signum).name} received: saved step {last}" in output
-    assert (tmp_path / "logs" / "group" / f"G_{last}.pth").is_file()
-    assert (tmp_path / "logs" / "group" / f"D_{last}.pth").is_file()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_to_a_torchrun_job_ends_it_with_a_checkpoint_and_exit_zero(tmp_path, signum):
-    config = setup_run(tmp_path, train={"epochs": 100, "eval_interval": 1000, "num_workers": 2})
-    log = tmp_path / "logs" / "group" / "train.log"
-    returncode, output = _signal_the_group(
-        [sys.executable, str(LAUNCH), "--standalone", "--nproc_per_node", "2",
-         str(TRAIN), "-c", str(config), "-m", "group"],
+        [sys.executable, *prefix, str(TRAIN), "-c", str(config), "-m", "group"],
         tmp_path, log, signum,
     )
     assert returncode == 0, output[-4000:]
@@ -426,3 +412,4 @@ def test_signal_to_a_torchrun_job_ends_it_with_a_checkpoint_and_exit_zero(tmp_pa
     last = max(logged_steps(log.read_text()))
     assert f"{signal.Signals(signum).name} received: saved step {last}" in output
     assert (tmp_path / "logs" / "group" / f"G_{last}.pth").is_file()
+    assert (tmp_path / "logs" / "group" / f"D_{last}.pth").is_file()
