@@ -4,8 +4,52 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
-from librosa.filters import mel as librosa_mel_fn
+
+# Slaney's mel scale (librosa's default, htk=False): linear below 1 kHz, logarithmic above.
+_SLANEY_HZ_PER_MEL = 200.0 / 3
+_SLANEY_LOG_FROM_HZ = 1000.0
+_SLANEY_LOG_FROM_MEL = _SLANEY_LOG_FROM_HZ / _SLANEY_HZ_PER_MEL
+_SLANEY_LOG_STEP = np.log(6.4) / 27.0
+
+
+def hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / _SLANEY_HZ_PER_MEL
+    with np.errstate(divide="ignore"):
+        logarithmic = _SLANEY_LOG_FROM_MEL + np.log(hz / _SLANEY_LOG_FROM_HZ) / _SLANEY_LOG_STEP
+    return np.where(hz >= _SLANEY_LOG_FROM_HZ, logarithmic, linear)
+
+
+def slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    linear = mel * _SLANEY_HZ_PER_MEL
+    logarithmic = _SLANEY_LOG_FROM_HZ * np.exp(_SLANEY_LOG_STEP * (mel - _SLANEY_LOG_FROM_MEL))
+    return np.where(mel >= _SLANEY_LOG_FROM_MEL, logarithmic, linear)
+
+
+def slaney_mel_filterbank(
+    sampling_rate: int, n_fft: int, num_mels: int, fmin: float, fmax: float | None
+) -> np.ndarray:
+    """Triangular, area-normalised mel filters (num_mels, n_fft // 2 + 1), float32.
+
+    The same numbers as `librosa.filters.mel` with its defaults (Slaney scale
+    and norm), which upstream uses; computed here so that training does not
+    import librosa (about a second per process start).
+    """
+    fmax = sampling_rate / 2 if fmax is None else fmax
+    bin_hz = np.fft.rfftfreq(n=n_fft, d=1.0 / sampling_rate)
+    mel_edges = np.linspace(hz_to_slaney_mel(fmin), hz_to_slaney_mel(fmax), num_mels + 2)
+    edges_hz = slaney_mel_to_hz(mel_edges)
+    widths = np.diff(edges_hz)
+    distance = edges_hz[:, None] - bin_hz[None, :]  # edge minus bin frequency
+    rising = -distance[:-2] / widths[:-1, None]
+    falling = distance[2:] / widths[1:, None]
+    triangles = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    # Each filter scaled to unit area: rounded to float32 first, as librosa stores them.
+    area_norm = 2.0 / (edges_hz[2:] - edges_hz[:-2])
+    return (triangles.astype(np.float64) * area_norm[:, None]).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=16)
@@ -23,7 +67,7 @@ def _mel_basis(
     dtype: torch.dtype,
     device: torch.device,
 ) -> torch.Tensor:
-    mel = librosa_mel_fn(sr=sampling_rate, n_fft=n_fft, n_mels=num_mels, fmin=fmin, fmax=fmax)
+    mel = slaney_mel_filterbank(sampling_rate, n_fft, num_mels, fmin, fmax)
     return torch.from_numpy(mel).to(dtype=dtype, device=device)
 
 
@@ -73,7 +117,7 @@ def spec_to_mel_torch(
     fmin: float,
     fmax: float | None,
 ) -> torch.Tensor:
-    """Log-mel (natural log, floor 1e-5) of a magnitude spectrogram, librosa Slaney basis."""
+    """Log-mel (natural log, floor 1e-5) of a magnitude spectrogram, Slaney mel basis."""
     basis = _mel_basis(sampling_rate, n_fft, num_mels, fmin, fmax, spec.dtype, spec.device)
     mel = torch.matmul(basis, spec)
     return torch.log(torch.clamp(mel, min=1e-5))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +19,18 @@ from models import MultiPeriodDiscriminator, SynthesizerTrn
 from modules import commons
 from modules.f0_utils import interpolate_f0
 from modules.losses import discriminator_loss, feature_loss, generator_loss, kl_loss
-from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch, spectrogram_torch
+from modules.mel_processing import (
+    mel_spectrogram_torch,
+    slaney_mel_filterbank,
+    spec_to_mel_torch,
+    spectrogram_torch,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream-4.1"
 MINI = json.loads((FIXTURES / "mini_config.json").read_text())
 MINI2 = json.loads((FIXTURES / "mini2_config.json").read_text())
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _small_g(config: dict = MINI, **overrides: object) -> SynthesizerTrn:
@@ -215,3 +224,27 @@ def test_bf16_autocast_training_step(config: dict) -> None:
     missing = [n for n, p in gen.named_parameters() if p.grad is None]
     assert not missing, missing
     assert all(torch.isfinite(p.grad).all() for p in gen.parameters())
+
+
+@pytest.mark.parametrize(
+    ("sampling_rate", "n_fft", "num_mels", "fmin", "fmax"),
+    [(44100, 2048, 80, 0.0, 22050), (32000, 2048, 80, 0.0, None), (16000, 512, 40, 50.0, 7600.0)],
+)
+def test_mel_filterbank_is_librosas_to_the_bit(sampling_rate, n_fft, num_mels, fmin, fmax):
+    """Training builds the Slaney mel basis itself (no librosa import): the same numbers."""
+    import librosa
+
+    ours = slaney_mel_filterbank(sampling_rate, n_fft, num_mels, fmin, fmax)
+    theirs = librosa.filters.mel(
+        sr=sampling_rate, n_fft=n_fft, n_mels=num_mels, fmin=fmin, fmax=fmax
+    )
+    assert ours.dtype == theirs.dtype == np.float32
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_training_imports_neither_librosa_nor_scipy_signal():
+    code = "import sys, train; print([m for m in ('librosa', 'scipy.signal') if m in sys.modules])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
