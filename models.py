@@ -592,19 +592,38 @@ class MultiPeriodDiscriminator(nn.Module):
         discs: list[nn.Module] = [DiscriminatorS(use_spectral_norm=use_spectral_norm)]
         discs += [DiscriminatorP(p, use_spectral_norm=use_spectral_norm) for p in self.PERIODS]
         self.discriminators = nn.ModuleList(discs)
+        # Spectral norm takes a power-iteration step on every call in training
+        # mode, so real and fake keep a call each there, as upstream does.
+        self.uses_spectral_norm = use_spectral_norm
+
+    def score(self, audio: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+        """Every sub-discriminator's scores and feature maps for one batch of audio."""
+        scores, fmaps = [], []
+        for disc in self.discriminators:
+            score, fmap = disc(audio)
+            scores.append(score)
+            fmaps.append(fmap)
+        return scores, fmaps
 
     def forward(
         self, y: torch.Tensor, y_hat: torch.Tensor
     ) -> tuple[
         list[torch.Tensor], list[torch.Tensor], list[list[torch.Tensor]], list[list[torch.Tensor]]
     ]:
-        """Returns (real scores, fake scores, real feature maps, fake feature maps)."""
-        y_d_rs, y_d_gs, fmap_rs, fmap_gs = [], [], [], []
-        for disc in self.discriminators:
-            y_d_r, fmap_r = disc(y)
-            y_d_g, fmap_g = disc(y_hat)
-            y_d_rs.append(y_d_r)
-            y_d_gs.append(y_d_g)
-            fmap_rs.append(fmap_r)
-            fmap_gs.append(fmap_g)
+        """Returns (real scores, fake scores, real feature maps, fake feature maps).
+
+        Real and fake audio go through each sub-discriminator as one batch:
+        every sample's numbers are those of two separate calls, for half the
+        kernel launches and one weight-norm evaluation per layer.
+        """
+        if self.uses_spectral_norm or y.shape != y_hat.shape:
+            y_d_rs, fmap_rs = self.score(y)
+            y_d_gs, fmap_gs = self.score(y_hat)
+            return y_d_rs, y_d_gs, fmap_rs, fmap_gs
+        n_real = y.shape[0]
+        scores, fmaps = self.score(torch.cat((y, y_hat)))
+        y_d_rs = [score[:n_real] for score in scores]
+        y_d_gs = [score[n_real:] for score in scores]
+        fmap_rs = [[layer[:n_real] for layer in fmap] for fmap in fmaps]
+        fmap_gs = [[layer[n_real:] for layer in fmap] for fmap in fmaps]
         return y_d_rs, y_d_gs, fmap_rs, fmap_gs

@@ -14,12 +14,14 @@ update, as upstream: discriminator, then generator) -> `Trainer.evaluate` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,24 @@ def gan_generator_losses(
     loss_fm = feature_loss(fmap_r, fmap_g)
     loss_mel = F.l1_loss(y_mel, y_hat_mel) * c_mel
     return loss_gen, loss_fm, loss_mel
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """`module`'s parameters take no gradient inside: autograd computes none for them.
+
+    The generator's update needs gradients through the discriminator to its
+    input, never for the discriminator's weights; upstream computed those and
+    DDP all-reduced them every step, only for the next step to zero them.
+    """
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
 
 
 def build_optimizer(parameters: Any, hps: HParams, device: torch.device) -> torch.optim.AdamW:
@@ -385,12 +405,15 @@ class Trainer:
 
         self.uses_f0_predictor = bool(self.net_g.use_automatic_f0_prediction)
         self.compiled = compile_enabled(hps.train.get("compile"), device)
+        # The generator's update scores audio on the discriminator outside DDP.
+        self._score_audio = self.net_d.score
         self._discriminator_loss = discriminator_loss
         self._gan_losses = gan_generator_losses
         if self.compiled:
             # The fixed-shape work only; state-dict keys stay as they are.
             compile_in_place(self.net_g.dec)
             compile_in_place(self.net_d)
+            self._score_audio = compile_function(self.net_d.score)
             self._discriminator_loss = compile_function(discriminator_loss)
             self._gan_losses = compile_function(gan_generator_losses)
             logger.info("train.compile: decoder, discriminator and GAN losses compiled")
@@ -714,8 +737,11 @@ class Trainer:
                 loss_disc, _, _ = self._discriminator_loss(y_d_hat_r, y_d_hat_g)
         grad_norm_d = self._optimizer_step(self.optim_d, self.net_d, loss_disc)
 
-        with runtime.autocast():
-            y_d_hat_r, y_d_hat_g, fmap_r, fmap_g = self.net_d(y, y_hat)
+        # The same discriminator, outside DDP: this backward reaches no D weight.
+        with runtime.autocast(), frozen(unwrap_model(self.net_d)):
+            with torch.no_grad():  # the real side enters the losses detached
+                _, fmap_r = self._score_audio(y)
+            y_d_hat_g, fmap_g = self._score_audio(y_hat)
             with runtime.autocast(enabled=False):
                 loss_gen, loss_fm, loss_mel = self._gan_losses(
                     y_d_hat_g, fmap_r, fmap_g, y_mel, y_hat_mel, hps.train.c_mel

@@ -11,6 +11,8 @@ and prints, where they apply:
 - samples/s and steps/s of the trainer, and its ratio to the bare loop;
 - data wait per step (time blocked on the DataLoader);
 - host reads of tensor values per non-logging step (the counting wrapper);
+- kernel-running operators and dtype casts per step (CPU profiler leaves:
+  each is a kernel launch on a GPU, outside compiled code);
 - on CUDA: GPU busy fraction (profiler: CUDA kernel time / wall), kernels per
   step, host synchronisations per step (`torch.cuda.set_sync_debug_mode`),
   and peak GPU memory.
@@ -175,6 +177,70 @@ def host_reads_per_step(trainer: train.Trainer, batch: tuple) -> int:
     return sum(counts.values())
 
 
+# Operators that only make a new view or an uninitialised tensor: no kernel runs for them.
+METADATA_OPERATORS = frozenset(
+    "aten::" + name
+    for name in [
+        "alias",
+        "as_strided",
+        "detach",
+        "empty",
+        "empty_like",
+        "empty_strided",
+        "expand",
+        "lift_fresh",
+        "narrow",
+        "permute",
+        "reshape",
+        "resolve_conj",
+        "resolve_neg",
+        "select",
+        "slice",
+        "split",
+        "squeeze",
+        "t",
+        "transpose",
+        "unbind",
+        "unflatten",
+        "unsqueeze",
+        "view",
+        "view_as",
+        "_reshape_alias",
+        "_unsafe_view",
+    ]
+)
+
+
+def operator_figures(trainer: train.Trainer, batch: tuple) -> dict[str, int]:
+    """Operators that run a kernel, and dtype casts, in one step: the CPU profiler's leaves.
+
+    Each such leaf is a kernel launch on a GPU, so on the CPU this counts the
+    launches a step would make there (the compiled parts excepted).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    step = trainer_step(trainer)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step(batch)
+    events = prof.events()
+    leaves = [
+        event
+        for event in events
+        if event.name.startswith("aten::")
+        and not event.cpu_children
+        and event.name not in METADATA_OPERATORS
+    ]
+    return {
+        "operators": len(leaves),
+        # 0-dim casts are Python numbers wrapped as tensors (an optimizer's step
+        # counts), not data movement.
+        "casts": sum(
+            event.name == "aten::_to_copy" and bool(event.input_shapes and event.input_shapes[0])
+            for event in events
+        ),
+    }
+
+
 def cuda_figures(trainer: train.Trainer, batches: list[tuple]) -> dict[str, float]:
     """GPU busy fraction, kernels and host syncs per step, from the profiler and sync mode."""
     from torch.profiler import ProfilerActivity, profile
@@ -218,6 +284,7 @@ def main() -> None:
 
     per_step = timed(trainer_step(trainer), batches, args.warmup, cuda)
     reads = host_reads_per_step(trainer, batches[-1])
+    operators = operator_figures(trainer, batches[-1])
     extra = cuda_figures(trainer, batches[args.warmup :]) if cuda else {}
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     bare = timed(lambda batch: bare_step(trainer, batch), batches, args.warmup, cuda)
@@ -238,6 +305,10 @@ def main() -> None:
     print(f"bare D-then-G loop     {bare:.4f} s/step; trainer / bare = {per_step / bare:.2f}")
     print(f"data wait per batch    {wait:.4f} s ({wait / (wait + per_step):.1%} of a step)")
     print(f"host reads per step    {reads} (non-logging step, counting wrapper)")
+    print(
+        f"operators per step     {operators['operators']} kernel-running aten operators, "
+        f"{operators['casts']} of them dtype casts (CPU profiler)"
+    )
     if cuda:
         print(f"GPU busy               {extra['busy']:.1%} (CUDA kernel time / wall)")
         print(f"kernels per step       {extra['kernels']:.0f}")

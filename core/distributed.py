@@ -211,6 +211,10 @@ def init_runtime(
     `rendezvous_timeout_s` for every rank; collectives wait `timeout_minutes`.
     """
     device = device_for(device_type, local_rank)
+    if device.type == "cuda":
+        # Upstream's setting: cuDNN times its convolution algorithms once per
+        # shape. The decoder and discriminator keep one shape for the whole run.
+        torch.backends.cudnn.benchmark = True
     if device.type == "cpu" and world_size > 1 and "OMP_NUM_THREADS" not in os.environ:
         # Processes sharing a CPU must share its cores, or they slow each other down.
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from checkpoint import save_checkpoint
 from core import compilation
@@ -43,10 +44,16 @@ def test_compiled_and_eager_steps_agree_and_keep_checkpoint_keys(
     eager_losses, eager_weights = two_steps(eager)
 
     monkeypatch.setattr(compilation, "BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
     torch.manual_seed(0)
     compiled = build_trainer(small_set, "compiled", train={"compile": True})
     assert compiled.compiled
     compiled_losses, compiled_weights = two_steps(compiled)
+    # One graph each: the probe, the decoder, the discriminator's D pass, its two
+    # G-pass variants (real without gradients, fake through frozen weights), and
+    # the two loss functions. A graph per sub-discriminator would be more.
+    assert counters["stats"]["unique_graphs"] <= 8, dict(counters["stats"])
 
     for ours, theirs in zip(compiled_losses, eager_losses):
         assert ours.keys() == theirs.keys()

@@ -51,6 +51,7 @@ def test_a_non_logging_cuda_step_never_synchronises(small_set):  # noqa: F811
 
 def test_batches_arrive_in_pinned_memory(small_set):  # noqa: F811
     trainer = cuda_trainer(small_set, "pinned")
+    assert torch.backends.cudnn.benchmark  # upstream's setting, on for CUDA runs
     batch = one_batch(trainer)
     assert all(t.is_pinned() for t in batch if isinstance(t, torch.Tensor))
 
