@@ -4,8 +4,8 @@
     python bench/bench_allreduce.py --processes 1 2 --mb 64 --repeats 5
 
 Counts the parameters of G and D built from configs_template/config_template.json
-(one step all-reduces D's gradients twice, in the D update and in the G update
-that back-propagates through D, and G's once; float32), then times
+(one step all-reduces D's gradients once, in the D update, and G's once, in the
+G update, whose pass through the frozen D computes no D gradient; float32), then times
 `all_reduce` of that many bytes with N gloo processes on this machine and
 extrapolates a ring all-reduce to NVLink and Ethernet. Nothing is trained.
 """
@@ -48,7 +48,7 @@ def gradient_bytes_per_step() -> tuple[int, int, int]:
     hps = HParams(**config)
     g_params = sum(p.numel() for p in build_generator(hps).parameters())
     d_params = sum(p.numel() for p in build_discriminator(hps).parameters())
-    return g_params, d_params, 4 * (g_params + 2 * d_params)
+    return g_params, d_params, 4 * (g_params + d_params)
 
 
 def _free_port() -> int:

@@ -1,9 +1,11 @@
 """`train.compile`: which parts of a training step run compiled, and the eager fallback.
 
 Only work whose shapes are fixed by `train.segment_size` is compiled: the
-decoder on the sliced latent, the multi-period discriminator, the mel of the
-generated audio and the GAN losses. The text/posterior encoders and the flow
-see every clip's own length and stay eager, so no batch triggers a recompile.
+decoder on the sliced latent, the multi-period discriminator (its D pass and
+the two scoring calls of the G pass) and the GAN losses. The mel of the
+generated audio is an STFT and a matmul, about ten kernels, and stays eager.
+The text/posterior encoders and the flow see every clip's own length and stay
+eager, so no batch triggers a recompile.
 
 Modules are compiled in place (`nn.Module.compile`): their parameters and
 state-dict keys stay exactly as they were, so checkpoints do not change.

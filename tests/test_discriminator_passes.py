@@ -9,13 +9,19 @@ gradient for the generated audio as an unfrozen pass.
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel
 
 import train
 from models import MultiPeriodDiscriminator
 from modules.losses import discriminator_loss
+from tests.test_train_e2e import free_port
+from tests.test_trainer import build_trainer, small_set  # noqa: F401  (fixture)
 
 
 def _audio(seed: int, batch: int = 2, samples: int = 2048) -> torch.Tensor:
@@ -97,3 +103,42 @@ def test_frozen_gives_gradients_back_after_an_error(disc):
         assert not any(p.requires_grad for p in disc.parameters())
         raise RuntimeError("boom")
     assert all(p.requires_grad for p in disc.parameters())
+
+
+def test_a_step_all_reduces_discriminator_gradients_once(small_set, monkeypatch):  # noqa: F811
+    """Under DDP the D update exchanges D's gradients; the G update exchanges none of them."""
+    monkeypatch.setitem(os.environ, "MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setitem(os.environ, "MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        trainer = build_trainer(small_set, "ddp")
+        trainer.net_g = DistributedDataParallel(trainer.net_g)
+        trainer.net_d = DistributedDataParallel(trainer.net_d)
+        buckets = {"G": 0, "D": 0}
+
+        def counting(name: str):
+            def hook(state, bucket):
+                buckets[name] += 1
+                return default_hooks.allreduce_hook(state, bucket)
+
+            return hook
+
+        trainer.net_g.register_comm_hook(None, counting("G"))
+        trainer.net_d.register_comm_hook(None, counting("D"))
+        batch = next(iter(trainer.train_loader))
+        for step in (1, 2):  # DDP rebuilds its buckets after the first step
+            trainer.state.step = step
+            buckets.update(G=0, D=0)
+            trainer.train_step(batch)
+        per_step = dict(buckets)
+
+        # One backward pass through D alone: the buckets of one exchange of D's gradients.
+        buckets["D"] = 0
+        y = torch.randn(2, 1, trainer.hps.train.segment_size)
+        real, fake, _, _ = trainer.net_d(y, y.flip(-1))
+        sum(score.sum() for score in real + fake).backward()
+        one_exchange = buckets["D"]
+    finally:
+        dist.destroy_process_group()
+    assert one_exchange > 0 and per_step["G"] > 0
+    assert per_step["D"] == one_exchange, (per_step, one_exchange)
