@@ -37,11 +37,11 @@ def small_set(tmp_path_factory) -> Path:
 
 def test_training_lowers_mel_loss_on_a_fixed_set(small_set):
     torch.manual_seed(0)
-    trainer = build_trainer(small_set, "learn", train={"learning_rate": 1e-3})
+    trainer = build_trainer(small_set, "learn", train={"learning_rate": 2e-3})
     batch = next(iter(trainer.train_loader))
-    mel = [float(trainer.train_step(batch).losses["loss/g/mel"]) for _ in range(30)]
-    first, last = np.mean(mel[:6]), np.mean(mel[-6:])
-    assert last < 0.85 * first, mel
+    mel = [float(trainer.train_step(batch).losses["loss/g/mel"]) for _ in range(16)]
+    first, last = np.mean(mel[:4]), np.mean(mel[-4:])
+    assert last < 0.85 * first, mel  # measured: 0.67
 
 
 def test_evaluation_leaves_training_random_streams(small_set):
@@ -93,8 +93,10 @@ def test_non_finite_loss_skips_the_update_then_stops(small_set, monkeypatch, cap
     assert all(torch.equal(a, b) for a, b in zip(weights, trainer.net_g.parameters()))
     assert all(torch.isfinite(p).all() for p in trainer.net_g.parameters())
 
-    with pytest.raises(train.NonFiniteTrainingError, match="20 steps in a row"):
-        for _ in range(train.MAX_CONSECUTIVE_NONFINITE):
+    assert train.MAX_CONSECUTIVE_NONFINITE == 20  # what runs stop after
+    monkeypatch.setattr(train, "MAX_CONSECUTIVE_NONFINITE", 4)  # the same rule, fewer steps
+    with pytest.raises(train.NonFiniteTrainingError, match="4 steps in a row"):
+        for _ in range(4):
             trainer.train_step(batch)
     assert (Path(trainer.model_dir) / "G_0.pth").read_bytes() == good
 
