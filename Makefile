@@ -32,8 +32,12 @@ browser:
 	else echo "make browser: no chromium/chromedriver and not root; the browser test will skip"; \
 	fi
 
+# Two pytest-xdist workers, a test file each at a time (module fixtures are shared
+# within a file): most end-to-end tests wait on process starts and checkpoint writes.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.test-installed browser
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(VENV)/.test-installed
 	$(BIN)/python -m pytest tests -m "not slow"
