@@ -405,7 +405,8 @@ class Trainer:
 
         self.uses_f0_predictor = bool(self.net_g.use_automatic_f0_prediction)
         self.compiled = compile_enabled(hps.train.get("compile"), device)
-        # The generator's update scores audio on the discriminator outside DDP.
+        # The generator's update scores audio on the bare discriminator, outside DDP.
+        self._discriminator = self.net_d
         self._score_audio = self.net_d.score
         self._discriminator_loss = discriminator_loss
         self._gan_losses = gan_generator_losses
@@ -738,7 +739,7 @@ class Trainer:
         grad_norm_d = self._optimizer_step(self.optim_d, self.net_d, loss_disc)
 
         # The same discriminator, outside DDP: this backward reaches no D weight.
-        with runtime.autocast(), frozen(unwrap_model(self.net_d)):
+        with runtime.autocast(), frozen(self._discriminator):
             with torch.no_grad():  # the real side enters the losses detached
                 _, fmap_r = self._score_audio(y)
             y_d_hat_g, fmap_g = self._score_audio(y_hat)

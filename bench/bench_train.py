@@ -306,8 +306,8 @@ def main() -> None:
     print(f"data wait per batch    {wait:.4f} s ({wait / (wait + per_step):.1%} of a step)")
     print(f"host reads per step    {reads} (non-logging step, counting wrapper)")
     print(
-        f"operators per step     {operators['operators']} kernel-running aten operators, "
-        f"{operators['casts']} of them dtype casts (CPU profiler)"
+        f"operators per step     {operators['operators']} kernel-running aten operators "
+        f"and {operators['casts']} dtype casts (CPU profiler)"
     )
     if cuda:
         print(f"GPU busy               {extra['busy']:.1%} (CUDA kernel time / wall)")
