@@ -36,6 +36,7 @@ from torch.nn import functional as F
 
 import feature_files as ff
 from core.errors import UserError
+from core.lifecycle import reap_workers_at_exit
 from feature_files import RERUN_FEATURES
 from modules.f0_utils import repeat_expand_2d
 from modules.mel_processing import spectrogram_torch
@@ -423,7 +424,8 @@ def leave_stopping_to_main_process(worker_id: int) -> None:
     Schedulers (SLURM's scancel, systemd) and Ctrl-C signal every process of
     the job, data workers included. A worker that died of it would make the
     main process fail with "DataLoader worker ... killed by signal" instead of
-    finishing its step and saving; the main process stops its workers itself.
+    finishing its step and saving; the main process stops its workers itself,
+    and kills them whenever it exits (`core.lifecycle.reap_workers_at_exit`).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -453,6 +455,8 @@ def make_train_loader(
         len(dataset), num_replicas=world_size, rank=rank, seed=seed, shuffle=True
     )
     num_workers = resolve_num_workers(hps)
+    if num_workers > 0:
+        reap_workers_at_exit()
     generator = torch.Generator()
     generator.manual_seed(seed * 1000 + rank)
     loader = torch.utils.data.DataLoader(
@@ -481,6 +485,8 @@ def make_eval_loader(
     """
     configured = _option(hps.train, "num_workers", None)
     num_workers = 0 if configured == 0 else min(1, os.cpu_count() or 1)
+    if num_workers > 0:
+        reap_workers_at_exit()
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=1,

@@ -65,6 +65,7 @@ from core.distributed import (
 )
 from core.errors import UserError
 from core.hparams import HParams, read_config_json
+from core.lifecycle import run_main
 from core.run_log import get_logger, git_revision, record_git_revision
 from core.safe_io import atomic_write
 from core.summaries import plot_data_to_numpy, plot_spectrogram_to_numpy, summarize
@@ -94,7 +95,7 @@ class StepOutput:
     plots: dict[str, torch.Tensor]
 
 
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(UserError):
     """Losses stayed non-finite: training stops, the last good checkpoint is kept."""
 
 
@@ -257,54 +258,46 @@ def prepare_run(args: argparse.Namespace) -> tuple[HParams, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """The command line: train, and return the exit code.
+
+    Errors a user can fix become one line (exit 2) in whichever process meets
+    them; a data worker that died is one line too (exit 1); see `core.lifecycle`.
+    """
+    return run_main(lambda: launch(parse_args(argv)))
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Check everything, then train in this process (torchrun, one device) or spawn the rest."""
     placement = torchrun_placement()
-    try:
-        hps, config = prepare_run(args)
-        # Fail here, once per folder, if its checkpoints cannot be resumed from.
-        # Under torchrun each node may have its own folder (no shared disk): a
-        # node whose folder is empty finds nothing, and rank 0 decides later.
-        if placement is None or placement.local_rank == 0:
-            find_resume_point(hps.model_dir)
-        if placement is not None:
-            train_worker(
-                placement.local_rank,
-                config,
-                hps.model_dir,
-                args.max_steps,
-                placement.device_type,
-                placement.world_size,
-                placement.rank,
-                args.rendezvous_timeout,
-            )
-            return 0
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    hps, config = prepare_run(args)
+    # Fail here, once per folder, if its checkpoints cannot be resumed from.
+    # Under torchrun each node may have its own folder (no shared disk): a
+    # node whose folder is empty finds nothing, and rank 0 decides later.
+    if placement is None or placement.local_rank == 0:
+        find_resume_point(hps.model_dir)
+    if placement is not None:
+        train_worker(
+            placement.local_rank,
+            config,
+            hps.model_dir,
+            args.max_steps,
+            placement.device_type,
+            placement.world_size,
+            placement.rank,
+            args.rendezvous_timeout,
+        )
+        return 0
     nprocs, device_type = count_processes(args.nprocs)
     if nprocs == 1:
         train_worker(0, config, hps.model_dir, args.max_steps, device_type, 1, 0)
-    else:
-        logger.info("starting %d %s processes", nprocs, device_type)
-        try:
-            spawn_workers(
-                train_worker,
-                nprocs,
-                hps.train.port,
-                (
-                    config,
-                    hps.model_dir,
-                    args.max_steps,
-                    device_type,
-                    nprocs,
-                    None,
-                    args.rendezvous_timeout,
-                ),
-            )
-        except torch.multiprocessing.ProcessException as error:
-            print(f"error: a training process failed:{error}", file=sys.stderr)
-            return 1
-    return 0
+        return 0
+    logger.info("starting %d %s processes", nprocs, device_type)
+    return spawn_workers(
+        train_worker,
+        nprocs,
+        hps.train.port,
+        (config, hps.model_dir, args.max_steps, device_type, nprocs, None, args.rendezvous_timeout),
+    )
 
 
 # --------------------------------------------------------------------------- one process
@@ -665,51 +658,47 @@ class Trainer:
         """One pass over this rank's share; False when training must stop early."""
         self.sampler.set_epoch(epoch, skip=skip_batches * self.hps.train.batch_size)
         started = time.time()
-        progress = None
-        if self.runtime.is_main:
-            from tqdm import tqdm
-
-            progress = tqdm(
-                total=self.batches_per_epoch,
-                initial=skip_batches,
-                desc=f"epoch {epoch}",
-                leave=False,
-                dynamic_ncols=True,
-                file=sys.stderr,
-            )
-        batch_index = skip_batches
-        for batch in self.train_loader:
-            self.state.step += 1
-            self.state.batches_done_in_epoch = batch_index + 1
-            output = self.train_step(batch)
-            step = self.state.step
-            if self.runtime.is_main and step % self.hps.train.log_interval == 0:
-                self.log_training(epoch, batch_index, output)
-            stop = self.stop_vote.poll(self.stop_request.requested)
-            at_limit = self.max_steps is not None and step >= self.max_steps
-            if step % self.hps.train.eval_interval == 0 or stop or at_limit:
-                if self.runtime.is_main and step % self.hps.train.eval_interval == 0:
-                    self.evaluate()
-                self.save()
-            if progress is not None:
+        with self._progress_bar(epoch, skip_batches) as progress:
+            for batch_index, batch in enumerate(self.train_loader, start=skip_batches):
+                self.state.step += 1
+                self.state.batches_done_in_epoch = batch_index + 1
+                output = self.train_step(batch)
+                step = self.state.step
+                if self.runtime.is_main and step % self.hps.train.log_interval == 0:
+                    self.log_training(epoch, batch_index, output)
+                stop = self.stop_vote.poll(self.stop_request.requested)
+                at_limit = self.max_steps is not None and step >= self.max_steps
+                if step % self.hps.train.eval_interval == 0 or stop or at_limit:
+                    if self.runtime.is_main and step % self.hps.train.eval_interval == 0:
+                        self.evaluate()
+                    self.save()
                 progress.update(1)
-            batch_index += 1
-            if stop or at_limit:
-                self.stop_vote.close()
-                if progress is not None:
-                    progress.close()
-                reason = (
-                    f"{self.stop_request.signal_name or 'stop'} received"
-                    if stop
-                    else f"reached --max_steps {self.max_steps}"
-                )
-                logger.info("%s: saved step %d, exiting", reason, step)
-                return False
-        if progress is not None:
-            progress.close()
+                if stop or at_limit:
+                    self.stop_vote.close()
+                    reason = (
+                        f"{self.stop_request.signal_name or 'stop'} received"
+                        if stop
+                        else f"reached --max_steps {self.max_steps}"
+                    )
+                    logger.info("%s: saved step %d, exiting", reason, step)
+                    return False
         if self.runtime.is_main:
             logger.info("====> Epoch: %d, cost %.2f s", epoch, time.time() - started)
         return True
+
+    def _progress_bar(self, epoch: int, done: int) -> Any:
+        """The epoch's tqdm bar on the main process (closed on any exit), a stand-in elsewhere."""
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.batches_per_epoch,
+            initial=done,
+            desc=f"epoch {epoch}",
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stderr,
+            disable=not self.runtime.is_main,
+        )
 
     def train_step(self, batch: tuple) -> StepOutput:
         """One GAN update on one batch, in upstream's order: D step, then G step."""
@@ -983,15 +972,5 @@ class Trainer:
             self.writer.flush()
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except NonFiniteTrainingError as error:
-        sys.exit(_fail(str(error)))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    sys.exit(main())

@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from core.errors import UserError
+from core.lifecycle import run_spawned
 
 logger = logging.getLogger("so-vits-svc")
 
@@ -352,16 +353,21 @@ class StopRequest:
         self.signal_name = signal.Signals(signum).name
 
 
-def spawn_workers(worker: Callable[..., None], nprocs: int, port: str | int, args: tuple) -> None:
-    """Run `worker(rank, *args)` in `nprocs` processes on this machine.
+def spawn_workers(
+    worker: Callable[..., None], nprocs: int, port: str | int, args: tuple
+) -> int:
+    """Run `worker(rank, *args)` in `nprocs` processes on this machine; return the exit code.
 
     Signals sent to this parent are passed to the workers (which stop after the
-    current step). When a worker fails, the others are stopped within about a
-    minute and the failing worker's error is raised here.
+    current step). When a worker fails, the others are sent SIGTERM and, 20 s
+    later, SIGKILL. A worker's known failure has printed its own line; a real
+    bug's traceback is printed here.
     """
     os.environ.setdefault("MASTER_ADDR", "localhost")
     os.environ["MASTER_PORT"] = str(port)
-    context = mp.start_processes(worker, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    context = mp.start_processes(
+        run_spawned, args=(worker, *args), nprocs=nprocs, join=False, start_method="spawn"
+    )
 
     def forward(signum: int, frame: Any) -> None:
         for process in context.processes:
@@ -375,6 +381,19 @@ def spawn_workers(worker: Callable[..., None], nprocs: int, port: str | int, arg
     try:
         while not context.join(grace_period=20):
             pass
+    except mp.ProcessExitedException as error:
+        if error.exit_code > 0:
+            return error.exit_code  # the process printed its own line
+        print(
+            f"error: training process {error.error_index} was killed by "
+            f"{signal.Signals(-error.exit_code).name}",
+            file=sys.stderr,
+        )
+        return 1
+    except mp.ProcessRaisedException as error:
+        print(f"error: training process {error.error_index} failed:\n{error}", file=sys.stderr)
+        return 1
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    return 0

@@ -1,0 +1,135 @@
+"""How a process of this project ends: promptly, non-zero on failure, never leaving workers.
+
+Data workers ignore SIGTERM and SIGINT (`data_utils.leave_stopping_to_main_process`)
+so that a signal sent to the whole job stops training through the main process
+alone, which finishes its step and saves. The other half of that bargain is
+here: when the main process leaves, for whatever reason, its workers are
+killed, since `multiprocessing`'s own exit hook would send them the SIGTERM
+they ignore and then wait for them forever. Failures become one line on
+stderr and an exit code; a real bug keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import multiprocessing.util
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from core.errors import UserError
+
+# Exit codes: a user's mistake (one line naming the file and the fix), a failure.
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+# Seconds to wait for a killed worker to be reaped before the process moves on.
+_REAP_TIMEOUT_S = 5.0
+
+
+@functools.cache
+def reap_workers_at_exit() -> None:
+    """Kill this process's daemonic children (data workers) when it exits, however it exits.
+
+    Registered once per process as a `multiprocessing` finalizer, which runs
+    both at interpreter exit and at the end of a spawned child, before the
+    hook that would otherwise wait on workers that ignore SIGTERM.
+    """
+    multiprocessing.util.Finalize(None, _kill_daemonic_children, exitpriority=100)
+
+
+def _kill_daemonic_children() -> None:
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if not children:
+        return
+    # The DataLoader's SIGCHLD handler would take these deaths for a crash and raise.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(_REAP_TIMEOUT_S)
+
+
+def obey_stop_signals() -> None:
+    """Let SIGTERM and SIGINT end this process at once: it is failing, nothing is left to save."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def error_line(error: BaseException) -> str:
+    """The user-facing text of `error`, without the traceback a data worker wraps around it.
+
+    A `DataLoader` re-raises a worker's exception as the same type whose message
+    is "Caught X in DataLoader worker ... Original Traceback ... X: <message>".
+    """
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        name = re.escape(type(error).__name__)
+        found = re.search(rf"^(?:[\w.]+\.)?{name}: (.*)\Z", text, re.MULTILINE | re.DOTALL)
+        if found:
+            text = found.group(1).strip()
+    return text
+
+
+def data_worker_death(error: BaseException) -> str | None:
+    """A one-line explanation when `error` is a data worker that died (killed by the OS)."""
+    text = str(error).strip()
+    if not (isinstance(error, RuntimeError) and text.startswith("DataLoader worker")):
+        return None
+    cause = text.splitlines()[0].removeprefix("DataLoader worker").strip().rstrip(".")
+    return (
+        f"a data worker {cause}; the usual cause is the system running out of memory: "
+        "lower train.num_workers or train.batch_size, or turn train.all_in_mem off"
+    )
+
+
+def report_failure(error: BaseException) -> int | None:
+    """Print the one-line message of a known failure and return its exit code; None otherwise.
+
+    Either way the process is now failing, so stop signals end it at once.
+    """
+    obey_stop_signals()
+    if isinstance(error, UserError):
+        print(f"error: {error_line(error)}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    death = data_worker_death(error)
+    if death is not None:
+        print(f"error: {death}", file=sys.stderr, flush=True)
+        return EXIT_FAILURE
+    return None
+
+
+def run_main(main: Callable[[], int | None]) -> int:
+    """Run an entry point's `main` and return its exit code; unknown errors keep their traceback."""
+    try:
+        return main() or 0
+    except KeyboardInterrupt:
+        obey_stop_signals()
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        code = report_failure(error)
+        if code is None:
+            raise
+        return code
+
+
+def run_spawned(index: int, worker: Callable[..., None], *args: Any) -> None:
+    """Entry of a process started by `core.distributed.spawn_workers`: `worker(index, *args)`.
+
+    A known failure prints its own line here and exits with its code, which
+    the launching process passes on without another message; a real bug
+    travels to the launcher with its traceback.
+    """
+    try:
+        worker(index, *args)
+    except Exception as error:
+        code = report_failure(error)
+        if code is None:
+            raise
+        sys.exit(code)
