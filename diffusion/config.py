@@ -185,7 +185,7 @@ def _read_section(source: str, name: str, raw: Any) -> tuple[Any, dict[str, Any]
             key = f"{name}.{item.name}"
             values[item.name] = _checked(source, key, raw[item.name], annotation)
         else:
-            logger.debug("%s: %s.%s missing, using %r", source, name, item.name, item.name)
+            logger.debug("%s: %s.%s missing: upstream template value", source, name, item.name)
     unknown = {k: v for k, v in raw.items() if k not in hints}
     return cls(**values), unknown
 
