@@ -50,7 +50,7 @@ def outputs() -> dict:
 
 def _assert_close(ours: torch.Tensor, ref: torch.Tensor, atol: float, what: str) -> None:
     assert ours.shape == ref.shape, f"{what}: {tuple(ours.shape)} != {tuple(ref.shape)}"
-    diff = float((ours.detach() - ref).abs().max())
+    diff = float((ours - ref).detach().abs().max())
     assert diff <= atol, f"{what}: max difference {diff} > {atol}"
 
 
