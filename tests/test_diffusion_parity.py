@@ -17,8 +17,10 @@ import torch
 
 from core.errors import UserError
 from diffusion.config import DiffusionConfig, ModelSection, load_diffusion_config
+from diffusion.dpm_solver import DPM_SOLVER_MIN_LAMBDA
 from diffusion.files import load_unit2mel
 from diffusion.gaussian import schedule_arrays
+from diffusion.noise_schedule import NoiseScheduleVP
 from diffusion.unit2mel import Unit2Mel
 
 FIXTURES = Path(__file__).parent / "fixtures" / "upstream-4.1-diffusion"
@@ -296,3 +298,21 @@ def test_samplers_run_where_upstream_cannot(model: Unit2Mel, inputs: dict) -> No
     """PNDM with a single stride (k_step <= speedup) passes a Python int to the network upstream."""
     out = _infer(model, inputs, 0, {"shallow": True, "method": "pndm", "k_step": 5, "speedup": 5})
     assert out.shape == inputs["gt_spec"].shape and torch.isfinite(out).all()
+
+
+def test_continuous_schedule_interpolates_and_clips_as_dpm_solver() -> None:
+    """log(alpha_t) is exact at t_n = (n + 1) / N, linear between and beyond; DPM-Solver's
+    guard drops a tail whose half log-SNR is below -5.1 (never with so-vits-svc's schedule)."""
+    betas = torch.tensor(schedule_arrays(100)["betas"], dtype=torch.float32)
+    schedule = NoiseScheduleVP(betas, min_lambda=DPM_SOLVER_MIN_LAMBDA)
+    assert schedule.total_N == 100
+    knots = schedule.marginal_log_mean_coeff(schedule.t_array)
+    assert torch.allclose(knots, 0.5 * torch.log(1 - betas).cumsum(0), atol=1e-7)
+    middle = schedule.marginal_log_mean_coeff(torch.tensor([0.015]))  # halfway, steps 0 and 1
+    assert torch.allclose(middle, knots[:2].mean(), atol=1e-7)
+    assert torch.allclose(schedule.model_time(torch.tensor([0.5])), torch.tensor([49.0]))
+    template = torch.tensor(schedule_arrays(1000)["betas"], dtype=torch.float32)
+    assert NoiseScheduleVP(template, min_lambda=DPM_SOLVER_MIN_LAMBDA).total_N == 1000
+    steep = NoiseScheduleVP(torch.linspace(1e-4, 0.5, 100), min_lambda=DPM_SOLVER_MIN_LAMBDA)
+    lambdas = steep.marginal_lambda(steep.t_array)
+    assert steep.total_N < 100 and float(lambdas.min()) >= DPM_SOLVER_MIN_LAMBDA
