@@ -186,7 +186,9 @@ class GaussianDiffusion(nn.Module):
         """Denoise a normalised start `x` at step k_step to a normalised mel (B, 1, M, T)."""
         use_ddpm = method is None or speedup <= 1
         if not use_ddpm and method not in METHODS:
-            raise UserError(f"diffusion method {method!r}: choose one of {', '.join(METHODS)}")
+            raise UserError(
+                f"diffusion method {method!r} (infer.method): choose one of {', '.join(METHODS)}"
+            )
         projected = self.denoise_fn.project_condition(condition.transpose(1, 2))
         total = k_step if use_ddpm else max(k_step // speedup, 1)
         with tqdm(total=total, desc="sample time step", disable=not use_tqdm) as bar:
