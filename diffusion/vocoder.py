@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from checkpoint.legacy_keys import from_legacy_state_dict
+from core import components
 from core.errors import UserError
 from core.safe_io import load_torch_data
 from modules.mel_processing import vocoder_mel
 from modules.nsf_hifigan import Generator
 
-DEFAULT_CKPT = "pretrain/nsf_hifigan/model"
+DEFAULT_CKPT = components.NSF_HIFIGAN_WEIGHTS
 CONFIG_NAME = "config.json"
 RELEASE_URL = (
     "https://github.com/openvpi/vocoders/releases/download/nsf-hifigan-v1/nsf_hifigan_20221211.zip"
@@ -37,9 +38,6 @@ GET_VOCODER = (
     f"download nsf_hifigan_20221211.zip from openvpi's vocoders releases ({RELEASE_URL}) "
     "and unzip it into pretrain/ (it holds pretrain/nsf_hifigan/model and config.json)"
 )
-# vocoder.type -> factor applied to the natural-log mel before the generator
-# ("nsf-hifigan-log10" vocoders were trained on log10 mels).
-VOCODER_TYPES = {"nsf-hifigan": 1.0, "nsf-hifigan-log10": 0.434294}
 _GENERATOR_KEYS = (
     "resblock",
     "resblock_kernel_sizes",
@@ -237,10 +235,7 @@ class Vocoder:
         vocoder_ckpt: str | Path = DEFAULT_CKPT,
         device: str | torch.device | None = None,
     ) -> None:
-        if vocoder_type not in VOCODER_TYPES:
-            raise VocoderError(
-                f"vocoder.type {vocoder_type!r} unknown: use one of {', '.join(VOCODER_TYPES)}"
-            )
+        self.scale = components.diffusion_vocoder_scale(vocoder_type)
         self.vocoder_type = vocoder_type
         self.vocoder_ckpt = Path(vocoder_ckpt)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -275,5 +270,5 @@ class Vocoder:
         network = self.network()
         f0 = f0[:, : mel.size(1), 0]
         with torch.no_grad():
-            features = mel.transpose(1, 2) * VOCODER_TYPES[self.vocoder_type]
+            features = mel.transpose(1, 2) * self.scale
             return network(features, f0, generator=generator)

@@ -100,16 +100,12 @@ def make_diffusion_config(
 
 def vocoder_mel_settings(path: str | Path) -> tuple[MelSettings, str | None]:
     """The mel settings of the vocoder `path` names, and a note if the release's stand in."""
-    from diffusion.vocoder import VOCODER_TYPES, mel_settings_for  # torch: only when needed
+    from diffusion.vocoder import mel_settings_for  # imports torch: only when needed
 
     config = read_yaml_config(path, "rerun preprocess_flist_config.py")
     vocoder = config["vocoder"]
-    vocoder_type = vocoder.get("type")
-    if vocoder_type not in VOCODER_TYPES:
-        raise UserError(
-            f"{path}: vocoder.type {vocoder_type!r} unknown: use one of {', '.join(VOCODER_TYPES)}"
-        )
+    components.diffusion_vocoder_scale(vocoder.get("type"), where=f"{path}: vocoder.type")
     ckpt = vocoder.get("ckpt")
     if not isinstance(ckpt, str) or not ckpt:
-        raise UserError(f"{path}: vocoder.ckpt missing: set it to pretrain/nsf_hifigan/model")
+        raise UserError(f"{path}: vocoder.ckpt missing: set it to {components.NSF_HIFIGAN_WEIGHTS}")
     return mel_settings_for(ckpt)

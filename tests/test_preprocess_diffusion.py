@@ -156,7 +156,7 @@ def test_the_vocoder_named_by_diffusion_yaml_sets_the_mel(tmp_path: Path) -> Non
     assert settings == RELEASED_MEL and "config.json not found" in (note or "")
     template["vocoder"]["type"] = "other"
     config_path.write_text(yaml.safe_dump(template))
-    with pytest.raises(UserError, match="vocoder.type 'other' unknown"):
+    with pytest.raises(UserError, match="vocoder.type: unknown diffusion vocoder .other."):
         diffusion_config.vocoder_mel_settings(config_path)
 
 

@@ -162,7 +162,7 @@ def test_missing_or_foreign_weights_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_bad_type_rate_and_config_are_user_errors(vocoder: Vocoder, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="vocoder.type 'hifigan' unknown"):
+    with pytest.raises(UserError, match="unknown diffusion vocoder .hifigan."):
         Vocoder("hifigan", TINY / "model")
     with pytest.raises(UserError, match="works at 44100 Hz, the audio is 32000 Hz"):
         vocoder.extract(torch.zeros(1, 4096), 32000)
