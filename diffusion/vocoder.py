@@ -88,7 +88,12 @@ RELEASED_MEL = MelSettings()
 
 def config_path(vocoder_ckpt: str | Path) -> Path:
     """Upstream's rule: `config.json` in the folder of the weights file."""
-    return Path(vocoder_ckpt).parent / CONFIG_NAME
+    ckpt = Path(vocoder_ckpt)
+    if ckpt.is_dir():
+        raise VocoderError(
+            f"{ckpt}: a folder; name the weights file in it (vocoder.ckpt), e.g. {DEFAULT_CKPT}"
+        )
+    return ckpt.parent / CONFIG_NAME
 
 
 def read_vocoder_config(vocoder_ckpt: str | Path) -> dict[str, Any]:

@@ -118,8 +118,8 @@ def load_settings(
         if not isinstance(value, int) or value <= 0:
             raise UserError(f"{config_path}: data.{key} must be a positive integer, got {value!r}")
     if diffusion_mel is not None:
-        _require_vocoder_fits(diffusion_mel, values["sampling_rate"], values["hop_length"],
-                              config_path)
+        rate, hop = values["sampling_rate"], values["hop_length"]
+        _require_vocoder_fits(diffusion_mel, rate, hop, config_path)
     ssl_dim = _require(model, "model", "ssl_dim", config_path)
     if not isinstance(ssl_dim, int) or ssl_dim <= 0:
         raise UserError(f"{config_path}: model.ssl_dim must be a positive integer, got {ssl_dim!r}")

@@ -166,6 +166,8 @@ def test_bad_type_rate_and_config_are_user_errors(vocoder: Vocoder, tmp_path: Pa
         Vocoder("hifigan", TINY / "model")
     with pytest.raises(UserError, match="works at 44100 Hz, the audio is 32000 Hz"):
         vocoder.extract(torch.zeros(1, 4096), 32000)
+    with pytest.raises(UserError, match="a folder; name the weights file in it"):
+        Vocoder("nsf-hifigan", TINY)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="cannot read the vocoder config"):
         mel_settings_for(tmp_path / "model")
