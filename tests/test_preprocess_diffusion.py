@@ -84,9 +84,14 @@ def test_the_three_files_have_upstreams_formats(clip: tuple[str, np.ndarray]) ->
     assert np.allclose(aug_vol, VolumeExtractor(512).extract(louder)[0].numpy(), rtol=1e-6)
     volume = np.load(ff.volume_path(path), allow_pickle=False)
     assert volume.shape == (frames,) and not np.allclose(volume, aug_vol)
-    # Our reader gives the same pair without unpickling code.
+    # Our reader gives the same pair without unpickling code; numpy 1.x (upstream's) reads it.
     ours, shift = ff.read_aug_mel(ff.aug_mel_path(path), 128)
     assert shift == keyshift and np.array_equal(ours, aug_mel)
+    payload = Path(ff.aug_mel_path(path)).read_bytes()
+    assert b"cnumpy.core.multiarray" in payload and b"numpy._core" not in payload
+    assert np.array_equal(ff.read_mel(ff.mel_path(path), 128), mel)
+    with pytest.raises(UserError, match=r"b.wav.mel.npy: mel missing; rerun .* --use_diff$"):
+        ff.read_mel(str(Path(path).with_name("b.wav.mel.npy")))
 
 
 def test_the_augmentation_is_drawn_per_clip_in_upstreams_ranges() -> None:
