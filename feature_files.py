@@ -10,6 +10,17 @@ For each `X.wav` preprocessing writes, in upstream so-vits-svc 4.1's formats:
 `X.wav.vol.npy`    frame loudness, 1-D float32, only with `model.vol_embedding`
 =================  =========================================================
 
+and for shallow diffusion (`preprocess_hubert_f0.py --use_diff`), `X.wav.vol.npy`
+too, and:
+
+===================  =======================================================
+`X.wav.mel.npy`      the vocoder's natural-log mel, float32 (frames, num_mels)
+`X.wav.aug_mel.npy`  upstream's pickled pair (mel, keyshift): the mel of the
+                     clip scaled in loudness and read `keyshift` semitones
+                     higher, a 2-element object array
+`X.wav.aug_vol.npy`  frame loudness of that louder or quieter clip, 1-D float32
+===================  =======================================================
+
 Preprocessing, the data loader and the pre-flight dataset check all read and
 write them through this module, so they agree on every name, shape and
 tolerance. Readers raise `FeatureFileError` (a `UserError`) naming the file and
@@ -32,9 +43,11 @@ from core.safe_io import (
     atomic_torch_save,
     atomic_torch_save_once,
     load_f0_uv,
+    load_object_array,
     load_torch_data,
     remove_temp_files,
     save_f0_uv,
+    save_object_array,
 )
 
 RERUN_FEATURES = "rerun preprocess_hubert_f0.py"
@@ -55,7 +68,15 @@ CONTENT_SUFFIX = ".soft.pt"
 PITCH_SUFFIX = ".f0.npy"
 SPEC_SUFFIX = ".spec.pt"
 VOLUME_SUFFIX = ".vol.npy"
-OUTPUT_SUFFIXES = (CONTENT_SUFFIX, PITCH_SUFFIX, SPEC_SUFFIX, VOLUME_SUFFIX)
+# Shallow diffusion (`preprocess_hubert_f0.py --use_diff`), upstream's names.
+MEL_SUFFIX = ".mel.npy"
+AUG_MEL_SUFFIX = ".aug_mel.npy"
+AUG_VOLUME_SUFFIX = ".aug_vol.npy"
+DIFFUSION_SUFFIXES = (MEL_SUFFIX, AUG_MEL_SUFFIX, AUG_VOLUME_SUFFIX)
+OUTPUT_SUFFIXES = (CONTENT_SUFFIX, PITCH_SUFFIX, SPEC_SUFFIX, VOLUME_SUFFIX, *DIFFUSION_SUFFIXES)
+RERUN_DIFFUSION = "rerun preprocess_hubert_f0.py --use_diff"
+# Upstream draws the augmented mel's key shift from [-5, 5] semitones.
+MAX_AUG_KEYSHIFT = 5.0
 
 
 class FeatureFileError(UserError):
@@ -80,6 +101,18 @@ def spec_path(wav_path: str) -> str:
 
 def volume_path(wav_path: str) -> str:
     return wav_path + VOLUME_SUFFIX
+
+
+def mel_path(wav_path: str) -> str:
+    return wav_path + MEL_SUFFIX
+
+
+def aug_mel_path(wav_path: str) -> str:
+    return wav_path + AUG_MEL_SUFFIX
+
+
+def aug_volume_path(wav_path: str) -> str:
+    return wav_path + AUG_VOLUME_SUFFIX
 
 
 def remove_stale_feature_temp_files(folders: Iterable[str | os.PathLike]) -> list[str]:
@@ -107,6 +140,19 @@ def spec_frames(num_samples: int, filter_length: int, hop_length: int) -> int:
 def pitch_frames(num_samples: int, hop_length: int) -> int:
     """Frames the f0 predictors give for `num_samples` at `hop_length`."""
     return num_samples // hop_length
+
+
+def vocoder_mel_frames(
+    num_samples: int, n_fft: int, win_size: int, hop_size: int, keyshift: float = 0.0
+) -> int:
+    """Frames of the vocoder's mel (`modules.mel_processing.vocoder_mel`): num_samples // hop
+    for the released settings, at any key shift."""
+    factor = 2 ** (keyshift / 12)
+    n_fft_new = int(np.round(n_fft * factor))
+    win_new = int(np.round(win_size * factor))
+    pad_left = (win_new - hop_size) // 2
+    pad_right = max((win_new - hop_size + 1) // 2, win_new - num_samples - pad_left)
+    return max(0, (num_samples + pad_left + pad_right - n_fft_new) // hop_size + 1)
 
 
 def encoder_samples(num_samples: int, sampling_rate: int) -> int:
@@ -193,20 +239,58 @@ def read_spec(path: str, filter_length: int) -> torch.Tensor:
     return spec.float()
 
 
-def read_volume(path: str) -> np.ndarray:
-    """Frame loudness as a 1-D float32 array."""
-    _require_file(path, "volume", f"{RERUN_FEATURES} with model.vol_embedding on")
+def _read_array(path: str, what: str, fix: str) -> np.ndarray:
+    """A plain (non-pickled) `.npy` array; a FeatureFileError naming the file otherwise."""
+    _require_file(path, what, fix)
     try:
-        volume = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
-        raise FeatureFileError(
-            f"{path}: cannot be read as an array ({error}); {RERUN_FEATURES}"
-        ) from error
+        raise FeatureFileError(f"{path}: cannot be read as an array ({error}); {fix}") from error
+
+
+def read_volume(
+    path: str, fix: str = f"{RERUN_FEATURES} with model.vol_embedding on"
+) -> np.ndarray:
+    """Frame loudness (`.vol.npy`, `.aug_vol.npy`) as a 1-D float32 array."""
+    volume = _read_array(path, "volume", fix)
     if volume.ndim != 1:
         raise FeatureFileError(
-            f"{path}: volume has shape {volume.shape}, expected (frames,); {RERUN_FEATURES}"
+            f"{path}: volume has shape {volume.shape}, expected (frames,); {fix}"
         )
     return np.asarray(volume, dtype=np.float32)
+
+
+def _check_mel(path: str, mel: object, num_mels: int | None) -> np.ndarray:
+    shape = getattr(mel, "shape", ())
+    if (
+        not isinstance(mel, np.ndarray)
+        or mel.ndim != 2
+        or shape[0] == 0
+        or (num_mels is not None and shape[1] != num_mels)
+    ):
+        bins = num_mels if num_mels is not None else "num_mels"
+        raise FeatureFileError(
+            f"{path}: mel shape {tuple(shape)}, expected (frames, {bins}) from the vocoder's "
+            f"config; {RERUN_DIFFUSION}"
+        )
+    return np.asarray(mel, dtype=np.float32)
+
+
+def read_mel(path: str, num_mels: int | None = None) -> np.ndarray:
+    """The vocoder's log mel of a clip as float32 (frames, num_mels)."""
+    return _check_mel(path, _read_array(path, "mel", RERUN_DIFFUSION), num_mels)
+
+
+def read_aug_mel(path: str, num_mels: int | None = None) -> tuple[np.ndarray, float]:
+    """The augmented mel (float32 (frames, num_mels)) and its key shift in semitones."""
+    _require_file(path, "augmented mel", RERUN_DIFFUSION)
+    pair = load_object_array(path, "augmented mel")  # raises UserErrors naming the file
+    if pair.shape != (2,) or not isinstance(pair[1], int | float | np.floating | np.integer):
+        raise FeatureFileError(
+            f"{path}: expected upstream's (mel, keyshift) pair, found an array of shape "
+            f"{pair.shape}; {RERUN_DIFFUSION}"
+        )
+    return _check_mel(path, pair[0], num_mels), float(pair[1])
 
 
 # --------------------------------------------------------------------------- writers
@@ -236,3 +320,18 @@ def write_volume(path: str, volume: np.ndarray | torch.Tensor) -> None:
     """Store frame loudness as 1-D float32, atomically."""
     values = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else volume
     atomic_np_save(path, np.asarray(values, dtype=np.float32).reshape(-1))
+
+
+def write_mel(path: str, mel: np.ndarray | torch.Tensor) -> None:
+    """Store a (frames, num_mels) log mel as float32, atomically."""
+    values = mel.detach().cpu().numpy() if isinstance(mel, torch.Tensor) else mel
+    atomic_np_save(path, np.asarray(values, dtype=np.float32))
+
+
+def write_aug_mel(path: str, mel: np.ndarray | torch.Tensor, keyshift: float) -> None:
+    """Store upstream's `np.asanyarray((mel, keyshift), dtype=object)` pair, atomically."""
+    values = mel.detach().cpu().numpy() if isinstance(mel, torch.Tensor) else mel
+    pair = np.empty(2, dtype=object)
+    pair[0] = np.asarray(values, dtype=np.float32)
+    pair[1] = float(keyshift)
+    save_object_array(path, pair)

@@ -1,4 +1,4 @@
-"""Write the train/val filelists and configs/config.json (upstream's preprocess_flist_config).
+"""Write the train/val filelists, configs/config.json and configs/diffusion.yaml (upstream's).
 
     python preprocess_flist_config.py [--train_list ./filelists/train.txt]
         [--val_list ./filelists/val.txt] [--source_dir ./dataset/44k]
@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core.components import SPEECH_ENCODERS
+from preprocessing.diffusion_config import DIFFUSION_CONFIG_PATH
 from preprocessing.flist_config import make_filelists_and_config
 from preprocessing.runner import run_cli
 
@@ -49,12 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         tiny=args.tiny,
         seed=args.seed,
         config_path=CONFIG_PATH,
+        diffusion_config_path=DIFFUSION_CONFIG_PATH,
     )
     for note in split.notes:
         print(f"note: {note}")
     print(f"speakers: {split.speakers}")
     print(f"wrote {args.train_list} ({len(split.train)} files), "
-          f"{args.val_list} ({len(split.val)} files) and {CONFIG_PATH}")
+          f"{args.val_list} ({len(split.val)} files), {CONFIG_PATH} and {DIFFUSION_CONFIG_PATH}")
     return 0
 
 

@@ -4,6 +4,7 @@ Upstream's `preprocess_hubert_f0.py`:
 
     python preprocess_hubert_f0.py [--in_dir dataset/44k] [--f0_predictor rmvpe|dio|harvest|pm]
         [--num_processes N] [-d DEVICE] [-c configs/config.json] [--encoder_path FILE] [--force]
+        [--use_diff [--diffusion_config configs/diffusion.yaml]]
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core.components import F0_PREDICTORS
 from core.errors import UserError
+from feature_files import DIFFUSION_SUFFIXES
+from preprocessing.diffusion_config import DIFFUSION_CONFIG_PATH, vocoder_mel_settings
 from preprocessing.features import extract_dataset_features, load_settings
 from preprocessing.runner import run_cli
 
@@ -28,7 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-d", "--device", default=None, help="torch device (default: cuda:0/cpu)")
     parser.add_argument("--in_dir", default="dataset/44k", help="folder of <speaker>/*.wav")
     parser.add_argument(
-        "--use_diff", action="store_true", help="(upstream) shallow diffusion: not supported"
+        "--use_diff",
+        action="store_true",
+        help=f"also write the shallow-diffusion features ({', '.join(DIFFUSION_SUFFIXES)})",
+    )
+    parser.add_argument(
+        "--diffusion_config",
+        default=DIFFUSION_CONFIG_PATH,
+        help="with --use_diff: the diffusion config naming the vocoder (vocoder.ckpt)",
     )
     parser.add_argument(
         "--f0_predictor", default="rmvpe", help="pitch predictor: " + ", ".join(F0_PREDICTORS)
@@ -48,24 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.use_diff:
-        raise UserError(
-            "--use_diff: shallow diffusion is not supported by this project; run without --use_diff"
-        )
     if args.num_processes < 0:
         raise UserError(f"--num_processes {args.num_processes}: must be 0 or more")
     processes = args.num_processes or (os.cpu_count() or 1)
+    diffusion_mel, note = None, None
+    if args.use_diff:
+        diffusion_mel, note = vocoder_mel_settings(args.diffusion_config)
     settings = load_settings(
         args.config,
         f0_predictor=args.f0_predictor,
         encoder_path=args.encoder_path,
         device=args.device,
         force=args.force,
+        diffusion_mel=diffusion_mel,
     )
+    if note:
+        print(f"note: {note}")
     print(
         f"speech encoder {settings.speech_encoder} (ssl_dim {settings.ssl_dim}), "
         f"f0 predictor {settings.f0_predictor}, device {settings.device}, "
-        f"volume {'on' if settings.vol_embedding else 'off'}"
+        f"volume {'on' if settings.vol_embedding or args.use_diff else 'off'}, "
+        f"diffusion features {'on' if args.use_diff else 'off'}"
     )
     summary = extract_dataset_features(args.in_dir, settings, num_processes=processes)
     print(summary.format())

@@ -117,3 +117,18 @@ def vocoder_uses_snake(name: str, where: str = "model.vocoder_name") -> bool:
     if problem:
         raise UserError(problem)
     return VOCODERS[name]
+
+
+# The shallow-diffusion vocoder (diffusion.yaml `vocoder.type`, upstream's names) -> the
+# factor applied to the natural-log mel before its network: "nsf-hifigan-log10" vocoders
+# were trained on log10 mels. Both read openvpi's release layout (NSF_HIFIGAN_WEIGHTS with
+# config.json beside it).
+DIFFUSION_VOCODERS: dict[str, float] = {"nsf-hifigan": 1.0, "nsf-hifigan-log10": 0.434294}
+NSF_HIFIGAN_WEIGHTS = "pretrain/nsf_hifigan/model"
+
+
+def diffusion_vocoder_scale(name: object, where: str = "vocoder.type") -> float:
+    """The mel factor of the diffusion vocoder called `name`; a `UserError` if unknown."""
+    if name not in DIFFUSION_VOCODERS:
+        raise UserError(_choose("diffusion vocoder", name, where, list(DIFFUSION_VOCODERS), ()))
+    return DIFFUSION_VOCODERS[str(name)]

@@ -317,20 +317,12 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         )
 
 
-def save_f0_uv(path: PathLike, f0: np.ndarray, uv: np.ndarray) -> None:
-    """Write pitch and voicing as upstream's `.f0.npy`: a pickled (2, T) object array.
+def save_object_array(path: PathLike, table: np.ndarray) -> None:
+    """`np.save` of an object array (upstream's pickled `.npy` files), atomically.
 
-    Upstream saves `np.asanyarray((f0, uv), dtype=object)`; the file written
-    here has the same layout and refers to numpy by the names numpy 1.x knows,
-    so upstream's `np.load(allow_pickle=True)` reads it on either numpy.
+    The file refers to numpy by the names numpy 1.x knows, so upstream's
+    `np.load(allow_pickle=True)` reads it on either numpy.
     """
-    f0_values = np.asarray(f0, dtype=np.float64).reshape(-1)
-    uv_values = np.asarray(uv, dtype=np.float64).reshape(-1)
-    if f0_values.shape != uv_values.shape:
-        raise ValueError(f"f0 and uv lengths differ: {f0_values.shape} vs {uv_values.shape}")
-    table = np.empty((2, f0_values.shape[0]), dtype=object)
-    table[0, :] = f0_values.tolist()
-    table[1, :] = uv_values.tolist()
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, np.lib.format.header_data_from_array_1_0(table))
     # Protocol 3 names globals in text (`c<module>\n<name>\n`), so the module
@@ -341,8 +333,11 @@ def save_f0_uv(path: PathLike, f0: np.ndarray, uv: np.ndarray) -> None:
         handle.write(payload)
 
 
-def load_f0_uv(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read an `.f0.npy` file (ours or upstream's) as float64 `(f0, uv)`, never running code."""
+def load_object_array(path: PathLike, what: str) -> np.ndarray:
+    """Read a `.npy` file, pickled object arrays included, rebuilding only arrays and numbers.
+
+    `what` names the content in errors ("pitch", "augmented mel").
+    """
     source = Path(path)
     if not source.is_file():
         raise UnreadableFileError(f"{source}: file not found: rerun preprocess_hubert_f0.py")
@@ -363,10 +358,38 @@ def load_f0_uv(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise
     except Exception as error:  # any failure to parse the file is a bad file
         raise UnreadableFileError(
-            f"{source}: cannot be read as pitch ({type(error).__name__}: {error}); "
+            f"{source}: cannot be read as {what} ({type(error).__name__}: {error}); "
             "delete it and rerun preprocess_hubert_f0.py"
         ) from error
-    if not isinstance(table, np.ndarray) or len(table) != 2:
+    if not isinstance(table, np.ndarray):
+        raise UnreadableFileError(
+            f"{source}: expected an array of {what}, found {type(table).__name__}; "
+            "delete it and rerun preprocess_hubert_f0.py"
+        )
+    return table
+
+
+def save_f0_uv(path: PathLike, f0: np.ndarray, uv: np.ndarray) -> None:
+    """Write pitch and voicing as upstream's `.f0.npy`: a pickled (2, T) object array.
+
+    Upstream saves `np.asanyarray((f0, uv), dtype=object)`; the file written
+    here has the same layout.
+    """
+    f0_values = np.asarray(f0, dtype=np.float64).reshape(-1)
+    uv_values = np.asarray(uv, dtype=np.float64).reshape(-1)
+    if f0_values.shape != uv_values.shape:
+        raise ValueError(f"f0 and uv lengths differ: {f0_values.shape} vs {uv_values.shape}")
+    table = np.empty((2, f0_values.shape[0]), dtype=object)
+    table[0, :] = f0_values.tolist()
+    table[1, :] = uv_values.tolist()
+    save_object_array(path, table)
+
+
+def load_f0_uv(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read an `.f0.npy` file (ours or upstream's) as float64 `(f0, uv)`, never running code."""
+    source = Path(path)
+    table = load_object_array(source, "pitch")
+    if table.ndim == 0 or len(table) != 2:
         raise UnreadableFileError(
             f"{source}: expected pitch and voicing (2 rows), found {getattr(table, 'shape', '?')}; "
             "delete it and rerun preprocess_hubert_f0.py"

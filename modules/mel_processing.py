@@ -137,3 +137,56 @@ def mel_spectrogram_torch(
     """spectrogram_torch followed by spec_to_mel_torch."""
     spec = spectrogram_torch(y, n_fft, sampling_rate, hop_size, win_size, center)
     return spec_to_mel_torch(spec, n_fft, num_mels, sampling_rate, fmin, fmax)
+
+
+def vocoder_mel(
+    y: torch.Tensor,
+    sampling_rate: int,
+    n_fft: int,
+    win_size: int,
+    hop_size: int,
+    num_mels: int,
+    fmin: float,
+    fmax: float | None,
+    keyshift: float = 0.0,
+    speed: float = 1.0,
+    clip_val: float = 1e-5,
+) -> torch.Tensor:
+    """Log-mel (B, num_mels, frames) of y (B, T) as the NSF-HiFiGAN vocoder's STFT makes it.
+
+    Upstream's vdecoder/nsf_hifigan/nvSTFT: reflect padding of (win - hop) // 2
+    left and enough right for one frame per hop, `center=False`, magnitude
+    sqrt(re^2 + im^2 + 1e-9), natural log floored at `clip_val`. `keyshift`
+    (semitones) stretches FFT and window by 2^(k/12), keeps the first
+    n_fft // 2 + 1 bins scaled by win / new win, so the same mel filters read a
+    pitch-shifted spectrum; `speed` scales the hop.
+    """
+    y = y.to(_compute_dtype(y.dtype))
+    factor = 2 ** (keyshift / 12)
+    n_fft_new = int(np.round(n_fft * factor))
+    win_new = int(np.round(win_size * factor))
+    hop_new = int(np.round(hop_size * speed))
+    pad_left = (win_new - hop_new) // 2
+    pad_right = max((win_new - hop_new + 1) // 2, win_new - y.size(-1) - pad_left)
+    mode = "reflect" if pad_right < y.size(-1) else "constant"
+    y = torch.nn.functional.pad(y.unsqueeze(1), (pad_left, pad_right), mode=mode).squeeze(1)
+    spec = torch.stft(
+        y,
+        n_fft_new,
+        hop_length=hop_new,
+        win_length=win_new,
+        window=_hann_window(win_new, y.dtype, y.device),
+        center=False,
+        normalized=False,
+        onesided=True,
+        return_complex=True,
+    )
+    spec = torch.view_as_real(spec)
+    magnitude = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)
+    if keyshift != 0:
+        bins = n_fft // 2 + 1
+        if magnitude.size(1) < bins:
+            magnitude = torch.nn.functional.pad(magnitude, (0, 0, 0, bins - magnitude.size(1)))
+        magnitude = magnitude[:, :bins, :] * win_size / win_new
+    basis = _mel_basis(sampling_rate, n_fft, num_mels, fmin, fmax, magnitude.dtype, y.device)
+    return torch.log(torch.clamp(torch.matmul(basis, magnitude), min=clip_val))

@@ -1,8 +1,12 @@
 """NSF-HiFiGAN vocoder: a harmonic sine source driven by F0 plus a HiFi-GAN upsampler.
 
-One `Generator` covers both upstream vocoders: `snake=False` is "nsf-hifigan"
-(leaky ReLU), `snake=True` is "nsf-snake-hifigan" (anti-aliased SnakeBeta
-activations). Parameter and buffer names match upstream checkpoints.
+One `Generator` covers upstream's three uses of it: the synthesizer's decoder
+with `snake=False` ("nsf-hifigan", leaky ReLU) or `snake=True`
+("nsf-snake-hifigan", anti-aliased SnakeBeta activations), and the pretrained
+vocoder that renders shallow-diffusion mels (`diffusion/vocoder.py`, upstream's
+vdecoder/nsf_hifigan): mels in, no speaker input (`gin_channels=0`), and the
+sine source built per frame (`frame_rate_source=True`, see `SineGen.forward`).
+Parameter and buffer names match upstream checkpoints.
 """
 
 from __future__ import annotations
@@ -251,9 +255,16 @@ class SineGen(nn.Module):
         return commons.draw_randn(like.shape, generator, like)
 
     def forward(
-        self, f0: torch.Tensor, generator: torch.Generator | None = None
+        self, f0: torch.Tensor, generator: torch.Generator | None = None, upp: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """f0 (B, L, 1) at audio rate -> (sines (B, L, dim), uv (B, L, 1), noise)."""
+        """f0 (B, L, 1) -> (sines (B, L*upp, dim), uv (B, L*upp, 1), noise).
+
+        With `upp` 1, f0 is at the audio rate (the synthesizer's decoder). With
+        `upp` > 1, f0 is one value per frame (the diffusion vocoder, upstream's
+        vdecoder/nsf_hifigan): each frame's phase step is held for `upp` samples,
+        so the random start phase is added to every sample of the first frame,
+        and the running phase is summed in float64.
+        """
         with torch.no_grad():
             multiples = torch.arange(1, self.dim + 1, device=f0.device, dtype=f0.dtype)
             harmonics = f0 * multiples  # (B, L, dim)
@@ -261,19 +272,37 @@ class SineGen(nn.Module):
             rad_values = (harmonics / self.sampling_rate) % 1
             initial_phase = self.initial_phase(f0.size(0), generator, rad_values)
             rad_values[:, 0, :] = rad_values[:, 0, :] + initial_phase
-            # Subtract 1 where the wrapped running phase drops, so the cumulative
-            # sum stays small (avoids float32 overflow of the phase).
-            wrapped = torch.cumsum(rad_values, 1) % 1
-            drops = (wrapped[:, 1:, :] - wrapped[:, :-1, :]) < 0
-            cumsum_shift = torch.zeros_like(rad_values)
-            cumsum_shift[:, 1:, :] = drops * -1.0
-            sines = torch.sin(torch.cumsum(rad_values + cumsum_shift, dim=1) * 2 * np.pi)
+            if upp == 1:
+                sines = _sines_float32(rad_values)
+            else:
+                rad_values = _hold(rad_values, upp)
+                phase = torch.cumsum(rad_values.double(), dim=1) % 1
+                sines = torch.sin(phase * (2 * np.pi)).to(rad_values.dtype)
+                f0 = _hold(f0, upp)
             sine_waves = sines * self.sine_amp
             uv = (f0 > self.voiced_threshold).to(sine_waves.dtype)
             noise_amp = uv * self.noise_std + (1 - uv) * self.sine_amp / 3
             noise = noise_amp * self.excitation_noise(sine_waves, generator)
             sine_waves = sine_waves * uv + noise
         return sine_waves, uv, noise
+
+
+def _hold(frames: torch.Tensor, upp: int) -> torch.Tensor:
+    """(B, L, C) -> (B, L*upp, C), each frame repeated `upp` times (expand + reshape,
+    not repeat_interleave, whose ONNX export gets later slices' lengths wrong)."""
+    batch, length, channels = frames.shape
+    return frames.unsqueeze(2).expand(-1, -1, upp, -1).reshape(batch, length * upp, channels)
+
+
+def _sines_float32(rad_values: torch.Tensor) -> torch.Tensor:
+    """sin(2 pi * running phase) of per-sample phase steps, summed in the input's dtype."""
+    # Subtract 1 where the wrapped running phase drops, so the cumulative
+    # sum stays small (avoids float32 overflow of the phase).
+    wrapped = torch.cumsum(rad_values, 1) % 1
+    drops = (wrapped[:, 1:, :] - wrapped[:, :-1, :]) < 0
+    cumsum_shift = torch.zeros_like(rad_values)
+    cumsum_shift[:, 1:, :] = drops * -1.0
+    return torch.sin(torch.cumsum(rad_values + cumsum_shift, dim=1) * 2 * np.pi)
 
 
 class SourceModuleHnNSF(nn.Module):
@@ -296,14 +325,14 @@ class SourceModuleHnNSF(nn.Module):
         self.l_tanh = nn.Tanh()
 
     def forward(
-        self, f0: torch.Tensor, generator: torch.Generator | None = None
+        self, f0: torch.Tensor, generator: torch.Generator | None = None, upp: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """f0 (B, L, 1) -> (excitation (B, L, 1), uv (B, L, 1)).
+        """f0 (B, L, 1) -> (excitation (B, L*upp, 1), uv (B, L*upp, 1)); see SineGen.
 
         Upstream also draws a noise branch here that nothing uses; it comes
         after every draw that matters, so it is left out.
         """
-        sine_wavs, uv, _ = self.l_sin_gen(f0, generator)
+        sine_wavs, uv, _ = self.l_sin_gen(f0, generator, upp)
         sine_merge = self.l_tanh(self.l_linear(sine_wavs.to(self.l_linear.weight.dtype)))
         return sine_merge, uv
 
@@ -311,6 +340,14 @@ class SourceModuleHnNSF(nn.Module):
 # ----------------------------------------------------------------------------
 # Generator
 # ----------------------------------------------------------------------------
+
+
+def _source_conv(channels: int, later_rates: Sequence[int]) -> nn.Conv1d:
+    """Brings the audio-rate source down to the rate of one upsampling stage."""
+    if not later_rates:
+        return nn.Conv1d(1, channels, kernel_size=1)
+    stride = int(np.prod(later_rates))
+    return nn.Conv1d(1, channels, kernel_size=stride * 2, stride=stride, padding=(stride + 1) // 2)
 
 
 class Generator(nn.Module):
@@ -328,9 +365,11 @@ class Generator(nn.Module):
         upsample_kernel_sizes: Sequence[int],
         gin_channels: int,
         snake: bool = False,
+        frame_rate_source: bool = False,
     ) -> None:
         super().__init__()
         self.snake = snake
+        self.frame_rate_source = frame_rate_source
         self.num_kernels = len(resblock_kernel_sizes)
         self.num_upsamples = len(upsample_rates)
         self.upp = int(np.prod(upsample_rates))
@@ -349,19 +388,7 @@ class Generator(nn.Module):
                     nn.ConvTranspose1d(c_in, c_cur, kernel, rate, padding=(kernel - rate + 1) // 2)
                 )
             )
-            if i + 1 < len(upsample_rates):
-                stride_f0 = int(np.prod(upsample_rates[i + 1 :]))
-                self.noise_convs.append(
-                    nn.Conv1d(
-                        1,
-                        c_cur,
-                        kernel_size=stride_f0 * 2,
-                        stride=stride_f0,
-                        padding=(stride_f0 + 1) // 2,
-                    )
-                )
-            else:
-                self.noise_convs.append(nn.Conv1d(1, c_cur, kernel_size=1))
+            self.noise_convs.append(_source_conv(c_cur, upsample_rates[i + 1 :]))
         self.resblocks = nn.ModuleList()
         if snake:
             self.snakes = nn.ModuleList()
@@ -377,7 +404,8 @@ class Generator(nn.Module):
         self.conv_post.apply(init_weights)
         if snake:
             self.snake_post = SnakeAlias(ch)
-        self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
+        # The diffusion vocoder has no speaker input (gin_channels 0): no `cond` layer.
+        self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1) if gin_channels else None
 
     def forward(
         self,
@@ -387,10 +415,10 @@ class Generator(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """x (B, inter, T), f0 (B, T) in Hz, g (B, gin, 1 or T) -> audio (B, 1, T*upp)."""
-        # Each frame's f0 repeated upp times (B, T*upp, 1); expand + reshape rather than
-        # repeat_interleave, whose ONNX export gets later slices' lengths wrong.
-        f0_audio = f0.unsqueeze(-1).expand(-1, -1, self.upp).reshape(f0.shape[0], -1, 1)
-        har_source, _ = self.m_source(f0_audio, generator)
+        if self.frame_rate_source:
+            har_source, _ = self.m_source(f0.unsqueeze(-1), generator, upp=self.upp)
+        else:
+            har_source, _ = self.m_source(_hold(f0.unsqueeze(-1), self.upp), generator)
         har_source = har_source.transpose(1, 2)
         x = self.conv_pre(x)
         if g is not None:

@@ -6,7 +6,10 @@ audio resampled to 16 kHz (`X.wav.soft.pt`, a (1, ssl_dim, T) tensor); pitch and
 voicing from the f0 predictor at the config's hop (`X.wav.f0.npy`, upstream's
 pickled pair); the linear spectrogram of the audio with `center=False`
 (`X.spec.pt`, (filter_length // 2 + 1, frames)); and, when the model embeds
-volume, the frame volume (`X.wav.vol.npy`, 1-D float32).
+volume, the frame volume (`X.wav.vol.npy`, 1-D float32). With `--use_diff`
+(shallow diffusion) also the volume, and the diffusion vocoder's mel
+(`X.wav.mel.npy`) and its augmented pair (`X.wav.aug_mel.npy`,
+`X.wav.aug_vol.npy`), see `diffusion_features`.
 
 Outputs already on disk are kept only when they load and fit the current
 config (content width, frame counts, volume present when needed); everything
@@ -16,10 +19,12 @@ else is recomputed and written atomically, so a killed run resumes cleanly.
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import librosa
 import numpy as np
@@ -30,6 +35,9 @@ import feature_files as ff
 from core.components import require_f0_predictor
 from core.errors import UserError
 from preprocessing.runner import ItemResult, RunSummary, run_parallel
+
+if TYPE_CHECKING:
+    from diffusion.vocoder import MelSettings
 
 SILENCE_PEAK = 1e-4
 
@@ -58,6 +66,8 @@ class FeatureSettings:
     encoder_path: str | None
     device: str
     force: bool
+    # The diffusion vocoder's STFT when `--use_diff` asks for its mels, else None.
+    diffusion_mel: MelSettings | None = None
 
 
 # --------------------------------------------------------------------------- settings
@@ -77,6 +87,7 @@ def load_settings(
     encoder_path: str | None = None,
     device: str | None = None,
     force: bool = False,
+    diffusion_mel: MelSettings | None = None,
 ) -> FeatureSettings:
     """Read the keys feature extraction needs from `configs/config.json`."""
     try:
@@ -106,6 +117,9 @@ def load_settings(
     for key, value in values.items():
         if not isinstance(value, int) or value <= 0:
             raise UserError(f"{config_path}: data.{key} must be a positive integer, got {value!r}")
+    if diffusion_mel is not None:
+        rate, hop = values["sampling_rate"], values["hop_length"]
+        _require_vocoder_fits(diffusion_mel, rate, hop, config_path)
     ssl_dim = _require(model, "model", "ssl_dim", config_path)
     if not isinstance(ssl_dim, int) or ssl_dim <= 0:
         raise UserError(f"{config_path}: model.ssl_dim must be a positive integer, got {ssl_dim!r}")
@@ -121,7 +135,20 @@ def load_settings(
         encoder_path=encoder_path,
         device=str(device),
         force=force,
+        diffusion_mel=diffusion_mel,
     )
+
+
+def _require_vocoder_fits(
+    mel: MelSettings, sampling_rate: int, hop_length: int, config_path: str
+) -> None:
+    """The diffusion mel must share the dataset's rate and frames (f0, volume)."""
+    if (mel.sampling_rate, mel.hop_size) != (sampling_rate, hop_length):
+        raise UserError(
+            f"{config_path}: data.sampling_rate {sampling_rate} and hop_length {hop_length} "
+            f"differ from the diffusion vocoder's {mel.sampling_rate} Hz and hop "
+            f"{mel.hop_size}: use a 44.1 kHz config with hop 512 (the template's) for --use_diff"
+        )
 
 
 # --------------------------------------------------------------------------- expected shapes
@@ -168,6 +195,33 @@ def _check_vol(path: str, settings: FeatureSettings, num_samples: int) -> str | 
     return None
 
 
+def _check_mel(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
+    mel = settings.diffusion_mel
+    assert mel is not None
+    values = ff.read_mel(path, mel.num_mels)
+    return _mel_mismatch(values, mel, num_samples, 0.0)
+
+
+def _check_aug_mel(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
+    mel = settings.diffusion_mel
+    assert mel is not None
+    values, keyshift = ff.read_aug_mel(path, mel.num_mels)
+    if not abs(keyshift) <= ff.MAX_AUG_KEYSHIFT:
+        return f"key shift {keyshift} outside +-{ff.MAX_AUG_KEYSHIFT}"
+    return _mel_mismatch(values, mel, num_samples, keyshift)
+
+
+def _mel_mismatch(
+    values: np.ndarray, mel: MelSettings, num_samples: int, keyshift: float
+) -> str | None:
+    frames = ff.vocoder_mel_frames(num_samples, mel.n_fft, mel.win_size, mel.hop_size, keyshift)
+    if values.shape[0] != frames:
+        return f"{values.shape[0]} mel frames, expected {frames}"
+    if not np.all(np.isfinite(values)):
+        return "non-finite values"
+    return None
+
+
 def stale_outputs(wav_path: str, settings: FeatureSettings, num_samples: int) -> dict[str, str]:
     """Which outputs must be (re)computed, mapped to the reason; empty when all fit."""
     checks = {
@@ -175,8 +229,12 @@ def stale_outputs(wav_path: str, settings: FeatureSettings, num_samples: int) ->
         "f0": (ff.pitch_path(wav_path), _check_f0),
         "spec": (ff.spec_path(wav_path), _check_spec),
     }
-    if settings.vol_embedding:
+    if settings.vol_embedding or settings.diffusion_mel is not None:
         checks["vol"] = (ff.volume_path(wav_path), _check_vol)
+    if settings.diffusion_mel is not None:
+        checks["mel"] = (ff.mel_path(wav_path), _check_mel)
+        checks["aug_mel"] = (ff.aug_mel_path(wav_path), _check_aug_mel)
+        checks["aug_vol"] = (ff.aug_volume_path(wav_path), _check_vol)
     stale: dict[str, str] = {}
     for name, (path, check) in checks.items():
         if settings.force:
@@ -292,7 +350,7 @@ def process_wav(wav_path: str) -> ItemResult:
         stale = stale_outputs(wav_path, settings, int(info.frames))
         if not stale and info.samplerate == settings.sampling_rate and info.channels == 1:
             return ItemResult(wav_path, "skipped")
-        if "encoder" not in _WORKER_MODELS:
+        if {"soft", "f0"} & set(stale) and "encoder" not in _WORKER_MODELS:
             _load_models(settings)
             if "error" in _WORKER_MODELS:
                 return ItemResult(wav_path, "failed", reason=_WORKER_MODELS["error"], fatal=True)
@@ -317,7 +375,8 @@ def compute_features(
     which: list[str],
     models: dict[str, Any],
 ) -> list[str]:
-    """Compute and atomically write the named outputs (`soft`, `f0`, `spec`, `vol`) in order."""
+    """Compute and atomically write the named outputs (`soft`, `f0`, `spec`, `vol`, and the
+    diffusion ones, see `diffusion_features`) in order."""
     from modules.mel_processing import spectrogram_torch
 
     written: list[str] = []
@@ -353,6 +412,51 @@ def compute_features(
         volume = VolumeExtractor(settings.hop_length).extract(audio_norm)
         ff.write_volume(ff.volume_path(wav_path), torch.as_tensor(volume))
         written.append(ff.volume_path(wav_path))
+    return written + diffusion_features(wav_path, audio_norm, settings, which)
+
+
+def augmentation_draw(wav_path: str, peak: float) -> tuple[float, float]:
+    """(log10 loudness factor, key shift in semitones) of a clip's augmented mel.
+
+    Upstream's ranges: the factor from [-1, min(1, log10(1 / (peak + 1e-5)))]
+    (louder only while the clip stays below full scale), the key shift from
+    [-5, 5], drawn in that order; here from a generator seeded with the clip's
+    `speaker/file` name instead of the unseeded global one, so a rerun or a
+    resumed run writes the same pair.
+    """
+    rng = random.Random("/".join(Path(wav_path).parts[-2:]))
+    max_log10 = min(1.0, math.log10(1.0 / (peak + 1e-5)))
+    log10_gain = rng.uniform(-1.0, max_log10)
+    return log10_gain, rng.uniform(-ff.MAX_AUG_KEYSHIFT, ff.MAX_AUG_KEYSHIFT)
+
+
+def diffusion_features(
+    wav_path: str, audio_norm: torch.Tensor, settings: FeatureSettings, which: list[str]
+) -> list[str]:
+    """The `--use_diff` outputs: `mel`, and `aug_mel` with `aug_vol` (always made together).
+
+    As upstream: the mel of the clip; then the clip times 10^gain read with
+    the key shift (`augmentation_draw`), its mel stored with the shift and its
+    volume.
+    """
+    mel_settings = settings.diffusion_mel
+    written: list[str] = []
+    if mel_settings is None:
+        return written
+    audio = audio_norm.to(settings.device)
+    if "mel" in which:
+        ff.write_mel(ff.mel_path(wav_path), mel_settings.extract(audio)[0])
+        written.append(ff.mel_path(wav_path))
+    if "aug_mel" in which or "aug_vol" in which:
+        from modules.f0_utils import VolumeExtractor
+
+        log10_gain, keyshift = augmentation_draw(wav_path, float(audio_norm.abs().max()))
+        louder = audio * (10**log10_gain)
+        aug_mel = mel_settings.extract(louder, keyshift=keyshift)[0]
+        ff.write_aug_mel(ff.aug_mel_path(wav_path), aug_mel, keyshift)
+        aug_volume = VolumeExtractor(settings.hop_length).extract(louder.cpu())
+        ff.write_volume(ff.aug_volume_path(wav_path), aug_volume)
+        written += [ff.aug_mel_path(wav_path), ff.aug_volume_path(wav_path)]
     return written
 
 

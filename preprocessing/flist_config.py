@@ -1,4 +1,4 @@
-"""Train/validation filelists and `configs/config.json`, as upstream's preprocess_flist_config.
+"""Filelists, config.json and diffusion.yaml, as upstream's preprocess_flist_config.
 
 Speakers get ids 0, 1, ... in folder order (sorted, so runs are reproducible;
 upstream uses the file system's listing order). Per speaker, wavs shorter than
@@ -22,6 +22,7 @@ import soundfile
 from core import components
 from core.errors import UserError
 from core.safe_io import atomic_write
+from preprocessing.diffusion_config import make_diffusion_config
 
 MIN_SECONDS = 0.3
 VAL_PER_SPEAKER = 2
@@ -189,8 +190,9 @@ def make_filelists_and_config(
     tiny: bool,
     seed: int,
     config_path: str = "configs/config.json",
+    diffusion_config_path: str | None = None,
 ) -> DatasetSplit:
-    """The whole command: split, write both filelists and the config."""
+    """The whole command: split, write both filelists, the config and the diffusion config."""
     components.speech_encoder(speech_encoder, where="--speech_encoder")
     template = load_template(template_path(tiny))
     split = split_dataset(source_dir, seed=seed)
@@ -198,4 +200,8 @@ def make_filelists_and_config(
     write_filelist(train_list, split.train)
     write_filelist(val_list, split.val)
     write_config(config_path, config)
+    if diffusion_config_path is not None:
+        make_diffusion_config(
+            diffusion_config_path, split.speakers, speech_encoder, train_list, val_list
+        )
     return split

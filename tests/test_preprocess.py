@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import yaml
 
 import feature_files
 from core.errors import UserError
 from core.safe_io import save_f0_uv
-from preprocessing import features, flist_config, resample
+from preprocessing import diffusion_config, features, flist_config, resample
 from preprocessing.runner import ItemResult, RunSummary, run_cli, run_parallel
 
 REPO = Path(__file__).resolve().parent.parent
+FIXTURES_41D = REPO / "tests" / "fixtures" / "upstream-4.1-diffusion"
 
 
 def _tone(seconds: float, sr: int, amplitude: float = 0.5, freq: float = 220.0) -> np.ndarray:
@@ -277,12 +279,37 @@ def test_make_filelists_and_config_writes_upstream_format(
     _dataset(tmp_path, {"spk": 4})
     split = flist_config.make_filelists_and_config(
         "./dataset/44k", "./filelists/train.txt", "./filelists/val.txt", "vec256l9",
-        vol_aug=False, tiny=False, seed=1234,
+        vol_aug=False, tiny=False, seed=1234, diffusion_config_path="configs/diffusion.yaml",
     )
     lines = (tmp_path / "filelists" / "train.txt").read_text().splitlines()
     assert lines == split.train and lines[0].startswith("./dataset/44k/spk/")
     config = json.loads((tmp_path / "configs" / "config.json").read_text())
     assert config["model"]["ssl_dim"] == 256 and config["spk"] == {"spk": 0}
+    # configs/diffusion.yaml: upstream's template with this dataset filled in, yaml.dump style.
+    text = (tmp_path / "configs" / "diffusion.yaml").read_text()
+    diffusion = yaml.safe_load(text)
+    assert text.startswith("data:\n  block_size: 512\n")  # block style, keys sorted
+    assert diffusion["spk"] == {"spk": 0} and diffusion["model"]["n_spk"] == 1
+    assert diffusion["data"]["encoder"] == "vec256l9"
+    assert diffusion["data"]["encoder_out_channels"] == 256
+    assert diffusion["data"]["training_files"] == "./filelists/train.txt"
+    assert diffusion["data"]["validation_files"] == "./filelists/val.txt"
+    assert diffusion["vocoder"] == {"type": "nsf-hifigan", "ckpt": "pretrain/nsf_hifigan/model"}
+
+
+def test_diffusion_template_has_upstreams_keys_and_defaults() -> None:
+    """The template plus the fixture's recorded changes is upstream's recorded YAML."""
+    template = diffusion_config.read_yaml_config(diffusion_config.template_path(), "restore it")
+    recorded = yaml.safe_load((FIXTURES_41D / "diffusion_config.yaml").read_text())
+    config = diffusion_config.build_diffusion_config(
+        template, {"alto": 0, "tenor": 1}, "vec768l12", "filelists/train.txt",
+        "filelists/val.txt",
+    )
+    config["data"]["encoder_out_channels"] = 32
+    config["model"].update(n_layers=2, n_chans=32, n_hidden=32, timesteps=100)
+    config.update(infer={"speedup": 5, "method": "dpm-solver++"}, device="cpu")
+    assert config == recorded
+    assert template["model"]["n_spk"] == 1 and template["spk"] == {"nyaru": 0}  # untouched
 
 
 # --------------------------------------------------------------------------- features

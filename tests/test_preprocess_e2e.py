@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import yaml
 
 from core.safe_io import load_f0_uv, load_torch_data
 
@@ -153,10 +154,26 @@ def test_three_commands_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert done.returncode == 0, done.stderr
     assert f"0 done, {len(wavs)} skipped" in done.stdout, done.stdout
 
-    done = _run(project, "preprocess_hubert_f0.py", "--use_diff")
-    assert done.returncode == 2 and done.stderr.startswith("error: --use_diff")
+    # 4. shallow diffusion: only the three new files per clip are computed (the encoder is not
+    # loaded: no --encoder_path needed); without the vocoder in pretrain/ its release's mel
+    # settings are used, with a note.
+    diffusion = yaml.safe_load((project / "configs" / "diffusion.yaml").read_text())
+    assert diffusion["spk"] == {"alice": 0, "bob": 1} and diffusion["model"]["n_spk"] == 2
+    done = _run(project, "preprocess_hubert_f0.py", "--f0_predictor", "dio", "--use_diff")
+    assert done.returncode == 0, done.stderr
+    assert "note: pretrain/nsf_hifigan/config.json not found" in done.stdout
+    assert f"{len(wavs)} done, 0 skipped" in done.stdout and "0 failed" in done.stdout
+    for wav in wavs:
+        frames = soundfile.info(wav).frames // 512
+        mel = np.load(wav.with_name(wav.name + ".mel.npy"), allow_pickle=False)
+        aug_mel, keyshift = np.load(wav.with_name(wav.name + ".aug_mel.npy"), allow_pickle=True)
+        aug_vol = np.load(wav.with_name(wav.name + ".aug_vol.npy"), allow_pickle=False)
+        assert mel.shape == aug_mel.shape == (frames, 128) and aug_vol.shape == (frames,)
+        assert mel.dtype == aug_mel.dtype == aug_vol.dtype == np.float32 and abs(keyshift) <= 5
+    done = _run(project, "preprocess_hubert_f0.py", "--f0_predictor", "dio", "--use_diff")
+    assert f"0 done, {len(wavs)} skipped" in done.stdout, done.stdout
 
-    # 4. the training data loader reads every item.
+    # 5. the training data loader reads every item.
     data_utils = pytest.importorskip("data_utils")
     utils = pytest.importorskip("utils")
     monkeypatch.chdir(project)
