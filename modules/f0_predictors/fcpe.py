@@ -60,9 +60,10 @@ class WeightNormLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
-        self.bias = nn.Parameter(torch.zeros(out_features))
-        self.weight_g = nn.Parameter(torch.ones(out_features, 1))
-        self.weight_v = nn.Parameter(torch.zeros(out_features, in_features))
+        plain = nn.Linear(in_features, out_features)  # its initialisation, re-expressed
+        self.bias = nn.Parameter(plain.bias.detach().clone())
+        self.weight_g = nn.Parameter(plain.weight.detach().norm(dim=1, keepdim=True))
+        self.weight_v = nn.Parameter(plain.weight.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight_g * self.weight_v / self.weight_v.norm(dim=1, keepdim=True)
