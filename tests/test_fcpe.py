@@ -12,6 +12,7 @@ from modules.f0_predictors import get_f0_predictor
 from modules.f0_predictors.base import frames_to_grid
 from modules.f0_predictors.fcpe import (
     FCPE,
+    FCPEF0Predictor,
     FCPEPitch,
     decode_salience,
     fcpe_from_state_dict,
@@ -141,3 +142,15 @@ def test_wrong_checkpoint_is_a_user_error(tmp_path: Path) -> None:
     torch.save({"model": {"stack.0.weight": torch.zeros(1)}}, bad)
     with pytest.raises(UserError, match="not an FCPE checkpoint"):
         load_fcpe(bad)
+
+
+def test_conversion_uses_fcpe(tmp_path: Path) -> None:
+    from inference.svc import Svc
+    from tests.helpers_model import TINY_ENCODER, UPSTREAM, sung_clip
+
+    svc = Svc(UPSTREAM / "mini_G.pth", UPSTREAM / "mini_config.json", device="cpu",
+              encoder_path=TINY_ENCODER, f0_weights=SMALL)
+    clip = sung_clip(0.5, 44100)
+    out = svc.convert_array(clip, 44100, "bass", f0_predictor="fcpe", pad_seconds=0.1)
+    assert out.shape == clip.shape and np.isfinite(out).all() and np.abs(out).max() > 0
+    assert isinstance(svc.f0_predictor("fcpe"), FCPEF0Predictor)
