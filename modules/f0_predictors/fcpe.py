@@ -249,8 +249,13 @@ class FCPEMelSpectrogram:
         mode = "reflect" if pad_right < length else "constant"
         padded = F.pad(audio.unsqueeze(1), (pad_left, pad_right), mode=mode).squeeze(1)
         spectrum = torch.stft(
-            padded, s.n_fft, hop_length=s.hop_size, win_length=s.win_size,
-            window=self.window.to(audio.device), center=False, return_complex=True,
+            padded,
+            s.n_fft,
+            hop_length=s.hop_size,
+            win_length=s.win_size,
+            window=self.window.to(audio.device),
+            center=False,
+            return_complex=True,
         )
         magnitude = torch.sqrt(spectrum.real.pow(2) + spectrum.imag.pow(2) + 1e-9)
         mel = torch.matmul(self.mel_basis.to(audio.device), magnitude)
@@ -307,8 +312,13 @@ def fcpe_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> FCPE:
     not FCPE's.
     """
     stem = state_dict["stack.0.weight"]
-    n_layers = sum(1 for key in state_dict if key.startswith("decoder._layers.")
-                   and key.endswith(".norm.weight") and key.count(".") == 4)
+    n_layers = sum(
+        1
+        for key in state_dict
+        if key.startswith("decoder._layers.")
+        and key.endswith(".norm.weight")
+        and key.count(".") == 4
+    )
     model = FCPE(
         input_channel=int(stem.shape[1]),
         out_dims=int(state_dict["dense_out.bias"].shape[0]),
@@ -347,9 +357,7 @@ def load_fcpe(
 class FCPEPitch:
     """A loaded FCPE with its front end: audio at any rate -> pitch per 10 ms frame."""
 
-    def __init__(
-        self, model: FCPE, mel: MelSettings, device: torch.device | str = "cpu"
-    ) -> None:
+    def __init__(self, model: FCPE, mel: MelSettings, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.mel_settings = mel
