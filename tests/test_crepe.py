@@ -150,3 +150,22 @@ def test_conversion_uses_crepe(tmp_path: Path) -> None:
     out = svc.convert_array(clip, 44100, "bass", f0_predictor="crepe", pad_seconds=0.1)
     assert out.shape == clip.shape and np.isfinite(out).all() and np.abs(out).max() > 0
     assert isinstance(svc.f0_predictor("crepe"), CrepeF0Predictor)
+
+
+def test_viterbi_runs_per_block_of_1024_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tmp_path / "tiny.pth"
+    torch.save(Crepe((128, 16, 16, 16, 32, 64)).state_dict(), weights)
+    predictor = CrepeF0Predictor(device="cpu", weights_path=weights, dither=False)
+    # Block one slightly prefers bin 200; block two is firmly at bin 100, out of reach of
+    # 200. Decoded as one sequence the path would stay at 100; per block (torchcrepe's
+    # batches, as so-vits-svc runs it) the first block ends at 200.
+    salience = torch.full((1500, 360), 1e-3)
+    salience[:1024, 100], salience[:1024, 200] = 0.5, 0.6
+    salience[1024:, 100] = 0.9
+    monkeypatch.setattr(predictor, "salience", lambda audio: salience)
+    pitch, periodicity = predictor.pitch_and_periodicity(np.zeros(10, np.float32))
+    bins = torch.round((1200 * torch.log2(pitch / 10) - crepe.CENTS_OFFSET) / 20)
+    assert bins[:1024].eq(200).all() and bins[1024:].eq(100).all()
+    torch.testing.assert_close(periodicity[[0, 1023, 1024]], torch.tensor([0.6, 0.6, 0.9]))

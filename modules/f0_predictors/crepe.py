@@ -35,6 +35,7 @@ SAMPLE_RATE = 16000
 WINDOW_SIZE = 1024
 PITCH_BINS = 360
 BATCH_FRAMES = 1024  # torchcrepe's batch as so-vits-svc sets it; Viterbi runs per batch
+NETWORK_FRAMES = 256  # frames per network call: the full model needs ~2 MB per frame
 BN_EPS = 0.0010000000474974513  # the converted Keras model's epsilon
 SILENCE_DB = -60.0
 MIN_DB = -100.0
@@ -258,10 +259,10 @@ class CrepeF0Predictor(F0Predictor):
         self.hop_16k = int(hop_length * SAMPLE_RATE / sampling_rate)
 
     def salience(self, audio_16k: np.ndarray) -> torch.Tensor:
-        """(frames, 360) network output for 16 kHz audio, in batches of 1024 frames."""
+        """(frames, 360) network output for 16 kHz audio (frame by frame, so any batching)."""
         frames = frame_audio(torch.as_tensor(audio_16k, device=self.device), self.hop_16k)
         with torch.no_grad():
-            return torch.cat([self.model(block) for block in frames.split(BATCH_FRAMES)])
+            return torch.cat([self.model(block) for block in frames.split(NETWORK_FRAMES)])
 
     def pitch_and_periodicity(self, audio_16k: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Viterbi bins per 1024-frame block -> (pitch Hz before filtering, periodicity)."""

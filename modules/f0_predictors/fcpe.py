@@ -29,7 +29,7 @@ from modules.f0_predictors.resample import SincResampler
 
 DEFAULT_WEIGHTS = "pretrain/fcpe.pt"
 WEIGHTS_HELP = (
-    "download fcpe.pt from https://huggingface.co/datasets/ylzz1997/rmvpe_pretrain_model "
+    "download https://huggingface.co/datasets/ylzz1997/rmvpe_pretrain_model/resolve/main/fcpe.pt "
     "(the file so-vits-svc 4.1 links) and save it as pretrain/fcpe.pt"
 )
 HEADS = 8
