@@ -38,11 +38,12 @@ import torch.nn.functional as F  # noqa: E402
 
 import train  # noqa: E402
 from core.config_schema import validate_config  # noqa: E402
-from core.distributed import StopRequest, init_runtime  # noqa: E402
+from core.distributed import init_runtime  # noqa: E402
 from core.host_reads import counting_host_reads  # noqa: E402
 from core.hparams import HParams  # noqa: E402
-from modules import commons  # noqa: E402
-from modules.losses import discriminator_loss, kl_loss  # noqa: E402
+from core.lifecycle import StopRequest  # noqa: E402
+from core.optimization import NONFINITE_CHECK_INTERVAL  # noqa: E402
+from modules.losses import discriminator_loss, gan_generator_losses, kl_loss  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -115,32 +116,30 @@ def load_batches(trainer: train.Trainer, count: int) -> tuple[list[tuple], list[
 
 
 def bare_step(trainer: train.Trainer, batch: tuple) -> None:
-    """The same models and losses in the plainest D-then-G loop: the ceiling to compare to."""
+    """The same forward and losses in the plainest D-then-G loop: the ceiling to compare to.
+
+    The generator's forward is the trainer's own (`generator_forward`); the two
+    updates are written out plainly: eager, unscaled, no non-finite guard, and
+    the discriminator scoring real and generated audio again for the G step.
+    """
     hps, runtime = trainer.hps, trainer.runtime
-    c, f0, spec, y, speaker, lengths, uv, volume = (runtime.to_device(item) for item in batch)
-    mel = trainer.spec_to_mel(spec)
-    frames = hps.train.segment_size // hps.data.hop_length
+    out = trainer.generator_forward(batch)
     with runtime.autocast():
-        y_hat, ids, z_mask, (_, z_p, m_p, logs_p, _, logs_q), pred_lf0, _, lf0 = trainer.net_g(
-            c, f0, uv, spec, g=speaker, c_lengths=lengths, spec_lengths=lengths, vol=volume
-        )
-        y_mel = commons.slice_segments(mel, ids, frames)
-        y_hat_mel = trainer.audio_to_mel(y_hat)
-        y = commons.slice_segments(y, ids * hps.data.hop_length, hps.train.segment_size)
-        real, fake, _, _ = trainer.net_d(y, y_hat.detach())
+        real, fake, _, _ = trainer.net_d(out.y, out.y_hat.detach())
         loss_d = discriminator_loss(real, fake)[0]
     trainer.optim_d.zero_grad(set_to_none=True)
     loss_d.backward()
     trainer.optim_d.step()
     with runtime.autocast():
-        _, fake, fmap_r, fmap_g = trainer.net_d(y, y_hat)
-        loss_gen, loss_fm, loss_mel = train.gan_generator_losses(
-            fake, fmap_r, fmap_g, y_mel, y_hat_mel, hps.train.c_mel
+        _, fake, fmap_r, fmap_g = trainer.net_d(out.y, out.y_hat)
+        loss_gen, loss_fm, loss_mel = gan_generator_losses(
+            fake, fmap_r, fmap_g, out.y_mel, out.y_hat_mel, hps.train.c_mel
         )
         loss_g = loss_gen + loss_fm + loss_mel
-        loss_g = loss_g + kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * hps.train.c_kl
+        loss_kl = kl_loss(out.z_p, out.logs_q, out.m_p, out.logs_p, out.z_mask)
+        loss_g = loss_g + loss_kl * hps.train.c_kl
         if trainer.uses_f0_predictor:
-            loss_g = loss_g + F.mse_loss(pred_lf0, lf0)
+            loss_g = loss_g + F.mse_loss(out.pred_lf0, out.lf0)
     trainer.optim_g.zero_grad(set_to_none=True)
     loss_g.backward()
     trainer.optim_g.step()
@@ -163,7 +162,7 @@ def timed(step, batches: list[tuple], warmup: int, cuda: bool) -> float:
 def trainer_step(trainer: train.Trainer):
     def step(batch: tuple) -> None:
         trainer.state.step += 1
-        if trainer.state.step % train.NONFINITE_CHECK_INTERVAL == 0:
+        if trainer.state.step % NONFINITE_CHECK_INTERVAL == 0:
             trainer.state.step += 1  # measure the steps that do not check or log
         trainer.train_step(batch)
 

@@ -1,14 +1,10 @@
-"""Where training runs: processes, devices, backend and precision, decided once.
-
-Two ways in, one code path after:
-- `torchrun` (or any launcher that sets RANK, LOCAL_RANK and WORLD_SIZE): this
-  process joins the launcher's group; nothing is spawned.
-- plain `python train.py`: one process per visible GPU (capped by `--nprocs`),
-  or on a machine without GPUs `--nprocs` CPU processes (default 1), spawned
-  with `torch.multiprocessing` and meeting at localhost:`train.port`.
+"""Where a training process runs: its rank, device, backend and precision, decided once.
 
 The rest of the code asks a `Runtime` for its rank, device, autocast context
 and whether it is the main process, and never branches on the device itself.
+Also here: the collectives the trainers use (object gather and broadcast, the
+non-blocking stop vote), DDP wrapping, and the stop-signal handler. How the
+processes are started is `core.launching`.
 """
 
 from __future__ import annotations
@@ -19,24 +15,18 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 
 from core.errors import UserError
-from core.lifecycle import run_spawned
 
 logger = logging.getLogger("so-vits-svc")
-
-TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-
 
 @dataclass(frozen=True)
 class Runtime:
@@ -74,41 +64,6 @@ class Runtime:
         return tensor.to(self.device, non_blocking=self.device.type == "cuda")
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where a launcher put this process: its ranks and the device type to use."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-    device_type: str
-
-
-def torchrun_placement() -> Placement | None:
-    """This process's place as a launcher (torchrun) set it in the environment; None if not.
-
-    The one place that reads RANK, LOCAL_RANK and WORLD_SIZE.
-    """
-    if not all(name in os.environ for name in TORCHRUN_VARIABLES):
-        return None
-    return Placement(
-        rank=int(os.environ["RANK"]),
-        local_rank=int(os.environ["LOCAL_RANK"]),
-        world_size=int(os.environ["WORLD_SIZE"]),
-        device_type="cuda" if torch.cuda.is_available() else "cpu",
-    )
-
-
-def is_launch_main_process() -> bool:
-    """True in the process that writes the run's files before training starts.
-
-    Under torchrun that is global rank 0; a plain `python train.py` is itself
-    the main process (the workers it spawns come later).
-    """
-    placement = torchrun_placement()
-    return placement is None or placement.rank == 0
-
-
 def backend_for(device_type: str) -> str:
     """NCCL for GPUs on Linux; gloo on Windows and on the CPU."""
     if device_type == "cuda" and sys.platform != "win32" and dist.is_nccl_available():
@@ -130,14 +85,6 @@ def choose_autocast_dtype(fp16_run: bool, half_type: str, device_type: str) -> t
         logger.warning("fp16 is not supported for CPU training: using bf16 instead")
         return torch.bfloat16
     return torch.float16
-
-
-def count_processes(requested: int | None) -> tuple[int, str]:
-    """How many processes to run on this machine, and on which device type."""
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus > 0:
-        return (min(gpus, requested) if requested else gpus), "cuda"
-    return (requested or 1), "cpu"
 
 
 def device_for(device_type: str, local_rank: int) -> torch.device:
@@ -239,6 +186,24 @@ def init_runtime(
     )
 
 
+def wrap_ddp(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """`model` under DistributedDataParallel when there are several processes, else itself.
+
+    With more than two ranks, find_unused_parameters keeps DDP's gradient
+    buckets as built here. Otherwise DDP rebuilds them after a run's first
+    step, which moves each gradient within its bucket, hence the order in
+    which three or more ranks' values are summed, and a resumed run would
+    drift by rounding from an uninterrupted one. Two ranks' sum does not
+    depend on order, so they keep DDP's cheaper default (no graph walk).
+    """
+    if not runtime.distributed:
+        return model
+    device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
+    return DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=runtime.world_size > 2
+    )
+
+
 def shutdown(runtime: Runtime) -> None:
     if runtime.distributed and dist.is_initialized():
         dist.destroy_process_group()
@@ -323,77 +288,3 @@ def refuse_mismatched_ranks(runtime: Runtime, fingerprint: dict[str, str]) -> No
             f"revision {reference['revision'][:12]}: start every node with the same config "
             "JSON and the same code checkout"
         )
-
-
-class StopRequest:
-    """Turns SIGTERM/SIGINT into a request to stop after the current step.
-
-    A preempted job gets SIGTERM; Ctrl-C gives SIGINT. Either way the trainer
-    finishes the step it is in, saves, and exits 0. A second signal while
-    stopping is honoured at once.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
-        self._first_signal_time = 0.0
-
-    def install(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        # Ctrl-C reaches a spawned worker twice (from the terminal and from the
-        # launcher that forwards it): only a signal well after the first forces.
-        if self.requested and time.monotonic() - self._first_signal_time > 2.0:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
-        if not self.requested:
-            self._first_signal_time = time.monotonic()
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-
-
-def spawn_workers(
-    worker: Callable[..., None], nprocs: int, port: str | int, args: tuple
-) -> int:
-    """Run `worker(rank, *args)` in `nprocs` processes on this machine; return the exit code.
-
-    Signals sent to this parent are passed to the workers (which stop after the
-    current step). When a worker fails, the others are sent SIGTERM and, 20 s
-    later, SIGKILL. A worker's known failure has printed its own line; a real
-    bug's traceback is printed here.
-    """
-    os.environ.setdefault("MASTER_ADDR", "localhost")
-    os.environ["MASTER_PORT"] = str(port)
-    context = mp.start_processes(
-        run_spawned, args=(worker, *args), nprocs=nprocs, join=False, start_method="spawn"
-    )
-
-    def forward(signum: int, frame: Any) -> None:
-        for process in context.processes:
-            if process.is_alive() and process.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGTERM)
-
-    previous = {
-        signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)
-    }
-    try:
-        while not context.join(grace_period=20):
-            pass
-    except mp.ProcessExitedException as error:
-        if error.exit_code > 0:
-            return error.exit_code  # the process printed its own line
-        print(
-            f"error: training process {error.error_index} was killed by "
-            f"{signal.Signals(-error.exit_code).name}",
-            file=sys.stderr,
-        )
-        return 1
-    except mp.ProcessRaisedException as error:
-        print(f"error: training process {error.error_index} failed:\n{error}", file=sys.stderr)
-        return 1
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    return 0

@@ -14,10 +14,13 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import multiprocessing.util
+import os
 import re
 import signal
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +30,15 @@ from core.errors import UserError
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A second stop signal this long after the first forces the stop.
+REPEAT_WINDOW_S = 2.0
+# Seconds the main thread has to take a stop signal before the process counts as
+# stuck and is ended: long for the first signal, which asks for a checkpoint
+# (another rank may be evaluating while this one waits for it), short for a later one.
+FIRST_SIGNAL_GRACE_S = 120.0
+FORCING_SIGNAL_GRACE_S = 5.0
 
 # Seconds to wait for a killed worker to be reaped before the process moves on.
 _REAP_TIMEOUT_S = 5.0
@@ -58,7 +70,7 @@ def _kill_daemonic_children() -> None:
 
 def obey_stop_signals() -> None:
     """Let SIGTERM and SIGINT end this process at once: it is failing, nothing is left to save."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
 
 
@@ -120,7 +132,7 @@ def run_main(main: Callable[[], int | None]) -> int:
 
 
 def run_spawned(index: int, worker: Callable[..., None], *args: Any) -> None:
-    """Entry of a process started by `core.distributed.spawn_workers`: `worker(index, *args)`.
+    """Entry of a process started by `core.launching.spawn_workers`: `worker(index, *args)`.
 
     A known failure prints its own line here and exits with its code, which
     the launching process passes on without another message; a real bug
@@ -133,3 +145,80 @@ def run_spawned(index: int, worker: Callable[..., None], *args: Any) -> None:
         if code is None:
             raise
         sys.exit(code)
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a request to stop after the current step.
+
+    A preempted job gets SIGTERM; Ctrl-C gives SIGINT. Either way the trainer
+    finishes the step it is in, saves, and exits 0. A second signal while
+    stopping is honoured at once. A process whose main thread cannot take a
+    signal (blocked in native code: a collective whose peer froze, a hung
+    device call) is ended by a watcher thread instead: `FORCING_SIGNAL_GRACE_S`
+    after a second signal, `FIRST_SIGNAL_GRACE_S` after the first.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._first_signal_time = 0.0
+        self._taken = 0  # stop signals the main thread has handled
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+
+    def install(self) -> None:
+        """Handle SIGTERM and SIGINT here (main thread only), and watch that they are taken."""
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._wakeup = (reader, writer)  # kept open for the process's life
+        threading.Thread(
+            target=self._watch, args=(reader,), name="stop-signal-watch", daemon=True
+        ).start()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self._taken += 1
+        # Ctrl-C reaches a spawned worker twice (from the terminal and from the
+        # launcher that forwards it): only a signal well after the first forces.
+        if self.requested and time.monotonic() - self._first_signal_time > REPEAT_WINDOW_S:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        if not self.requested:
+            self._first_signal_time = time.monotonic()
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def _watch(self, reader: socket.socket) -> None:
+        """Learn of every stop signal as it arrives, whatever the main thread is doing."""
+        arrived, first = 0, None
+        while True:
+            try:
+                data = reader.recv(64)
+            except OSError:
+                return
+            for signum in data:
+                if signum not in STOP_SIGNALS:
+                    continue
+                arrived += 1
+                now = time.monotonic()
+                forcing = first is not None and now - first > REPEAT_WINDOW_S
+                first = now if first is None else first
+                grace = FORCING_SIGNAL_GRACE_S if forcing else FIRST_SIGNAL_GRACE_S
+                timer = threading.Timer(grace, self._end_if_not_taken, args=(arrived, signum))
+                timer.daemon = True
+                timer.start()
+
+    def _end_if_not_taken(self, arrived: int, signum: int) -> None:
+        if self._taken >= arrived:
+            return
+        name = signal.Signals(signum).name
+        print(
+            f"error: {name} was not taken: the process is stuck in a call that does not "
+            "return (a collective whose peer froze, or a hung device call); exiting",
+            file=sys.stderr,
+            flush=True,
+        )
+        for child in multiprocessing.active_children():
+            if child.daemon:
+                child.kill()
+        os._exit(128 + signum)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core.safe_io import atomic_write
+
 logger = logging.getLogger("so-vits-svc")
 
 
@@ -68,3 +70,21 @@ def record_git_revision(code_dir: str | os.PathLike, model_dir: str | os.PathLik
             )
     record.write_text(revision)
 
+
+def open_model_dir(model_dir: str | os.PathLike, writes: bool, messages: list[str]) -> None:
+    """Make the model folder, log to it (when this process writes), and log the config's notes."""
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    if writes:
+        get_logger(model_dir)
+    for message in messages:
+        level = logging.WARNING if message.startswith("warning") else logging.INFO
+        logger.log(level, "%s", message.removeprefix("warning: ").removeprefix("note: "))
+
+
+def record_run(
+    model_dir: str | os.PathLike, config_text: str, config_name: str, code_dir: str | os.PathLike
+) -> None:
+    """Copy the config into the model folder (atomically) and note the code revision."""
+    with atomic_write(Path(model_dir) / config_name) as handle:
+        handle.write(config_text.encode("utf-8"))
+    record_git_revision(code_dir, model_dir)

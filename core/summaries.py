@@ -7,9 +7,11 @@ pyplot state or display is involved.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 
 def _figure_to_array(figure: Any) -> np.ndarray:
@@ -63,3 +65,34 @@ def summarize(
         writer.add_image(tag, value, global_step, dataformats="HWC")
     for tag, value in (audios or {}).items():
         writer.add_audio(tag, value, global_step, audio_sampling_rate)
+
+
+def open_writers(model_dir: str | Path, is_main: bool) -> tuple[Any, Any]:
+    """TensorBoard writers for training (`model_dir`) and evaluation (`model_dir/eval`).
+
+    Upstream's two folders, so `tensorboard --logdir logs` shows both runs;
+    (None, None) on every process but the main one, which alone logs.
+    """
+    if not is_main:
+        return None, None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return (
+        SummaryWriter(log_dir=str(model_dir)),
+        SummaryWriter(log_dir=str(Path(model_dir) / "eval")),
+    )
+
+
+def read_to_host(
+    scalars: Mapping[str, torch.Tensor], arrays: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Scalar and array tensors on the host, read in one transfer (one GPU sync, not many)."""
+    parts = [torch.stack([value.float() for value in scalars.values()])]
+    parts += [array.float().flatten() for array in arrays.values()]
+    host = torch.cat(parts).cpu().numpy()
+    values = dict(zip(scalars, host[: len(scalars)].tolist()))
+    offset, read = len(scalars), {}
+    for name, array in arrays.items():
+        read[name] = host[offset : offset + array.numel()].reshape(tuple(array.shape))
+        offset += array.numel()
+    return values, read

@@ -68,3 +68,21 @@ def kl_loss(
     kl = logs_p - logs_q - 0.5
     kl = kl + 0.5 * ((z_p - m_p) ** 2) * torch.exp(-2.0 * logs_p)
     return torch.sum(kl * z_mask) / torch.sum(z_mask)
+
+
+def gan_generator_losses(
+    y_d_hat_g: list[torch.Tensor],
+    fmap_r: list[list[torch.Tensor]],
+    fmap_g: list[list[torch.Tensor]],
+    y_mel: torch.Tensor,
+    y_hat_mel: torch.Tensor,
+    c_mel: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The generator's fixed-shape losses (adversarial, feature matching, weighted mel L1).
+
+    One function so that `train.compile` can fuse them into a few kernels.
+    """
+    loss_gen, _ = generator_loss(y_d_hat_g)
+    loss_fm = feature_loss(fmap_r, fmap_g)
+    loss_mel = torch.nn.functional.l1_loss(y_mel, y_hat_mel) * c_mel
+    return loss_gen, loss_fm, loss_mel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,3 +191,19 @@ def vocoder_mel(
         magnitude = magnitude[:, :bins, :] * win_size / win_new
     basis = _mel_basis(sampling_rate, n_fft, num_mels, fmin, fmax, magnitude.dtype, y.device)
     return torch.log(torch.clamp(torch.matmul(basis, magnitude), min=clip_val))
+
+
+def spec_to_config_mel(spec: torch.Tensor, data: Any) -> torch.Tensor:
+    """Mel of a linear spectrogram with a config's `data` mel settings (as training uses them)."""
+    return spec_to_mel_torch(
+        spec, data.filter_length, data.n_mel_channels, data.sampling_rate,
+        data.mel_fmin, data.mel_fmax,
+    )  # fmt: skip
+
+
+def audio_to_config_mel(audio: torch.Tensor, data: Any) -> torch.Tensor:
+    """Mel of (B, 1, T) audio with a config's `data` settings, in float32 as upstream."""
+    return mel_spectrogram_torch(
+        audio.squeeze(1).float(), data.filter_length, data.n_mel_channels, data.sampling_rate,
+        data.hop_length, data.win_length, data.mel_fmin, data.mel_fmax,
+    )  # fmt: skip

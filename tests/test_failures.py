@@ -77,6 +77,9 @@ def getitem(self, index):
     return _getitem(self, index)
 
 def train_step(self, batch):
+    if FAIL_AT == "rank_pids" and self.state.step == 1:
+        with open(os.environ["PID_FILE"], "a") as handle:
+            handle.write(f"{{_rank()}} {{os.getpid()}}\n")
     if FAIL_AT == "step" and _rank() == FAIL_RANK and self.state.step >= 1:
         raise _failing(RuntimeError("CUDA out of memory (injected at step %d)" % self.state.step))
     return _train_step(self, batch)
@@ -260,3 +263,33 @@ def test_a_failing_rank_under_torchrun_is_restarted_then_given_up(tmp_path):
     assert "restart 1 of the group by torchrun" in output, output[-3000:]
     assert output.count("CUDA out of memory (injected at step") >= 2
     _assert_newest_checkpoint_loads(tmp_path / "logs" / "run")
+
+
+def test_a_stuck_process_is_ended_by_a_second_sigterm(tmp_path):
+    """Rank 1 frozen (SIGSTOP): rank 0 blocks in the gradient all-reduce, in native code,
+    where no Python signal handler runs. Its watcher thread still sees the signals."""
+    config = setup_run(
+        tmp_path,
+        items_per_speaker=3,
+        train={"epochs": 50, "eval_interval": 1000, "log_interval": 1, "num_workers": 0},
+    )
+    pid_file = tmp_path / "rank_pids.txt"
+    command = [
+        sys.executable, str(_launcher(tmp_path)), "-c", str(config), "-m", "run", "--nprocs", "2",
+    ]  # fmt: skip
+    run = Run(tmp_path, command, "rank_pids", PID_FILE=str(pid_file))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and run.process.poll() is None:
+        if pid_file.is_file() and len(pid_file.read_text().splitlines()) == 2:
+            break
+        time.sleep(0.2)
+    pids = dict(line.split() for line in pid_file.read_text().splitlines())
+    os.kill(int(pids["1"]), signal.SIGSTOP)
+    time.sleep(3)  # rank 0 reaches the next all-reduce and waits there
+    os.kill(int(pids["0"]), signal.SIGTERM)
+    time.sleep(3)
+    os.kill(int(pids["0"]), signal.SIGTERM)
+    run.stamp.write_text(repr(time.time()))
+    code, output = run.finish()
+    assert code != 0, output[-3000:]
+    assert "SIGTERM was not taken: the process is stuck" in output, output[-3000:]

@@ -11,6 +11,7 @@ import torch
 import train
 from core.distributed import StopVote
 from core.host_reads import counting_host_reads
+from core.optimization import optimizer_step
 from tests.test_trainer import build_trainer, small_set  # noqa: F401  (fixture)
 
 
@@ -32,7 +33,7 @@ def test_a_step_that_does_not_log_reads_nothing_on_the_host(small_set):  # noqa:
         trainer.train_step(batch)
     weights = [p.detach().clone() for p in trainer.net_g.parameters()]
     trainer.state.step += 1
-    assert not trainer._is_check_step()
+    assert not trainer.nonfinite.is_check_step(trainer.state.step)
     with counting_host_reads() as counts:
         output = trainer.train_step(batch)
         stop = trainer.stop_vote.poll(trainer.stop_request.requested)
@@ -64,7 +65,7 @@ def test_fixed_scaler_skips_non_finite_gradients_and_keeps_scale_one(small_set):
     first = next(trainer.net_d.parameters())
     moments = {k: v.clone() for k, v in trainer.optim_d.state[first].items()}
     loss = sum(p.sum() for p in trainer.net_d.parameters()) * float("inf")
-    grad_norm = trainer._optimizer_step(trainer.optim_d, trainer.net_d, loss)
+    grad_norm = optimizer_step(trainer.scaler, trainer.optim_d, trainer.net_d, loss)
     trainer.scaler.update()
     assert not torch.isfinite(grad_norm)
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.net_d.parameters()))
@@ -73,7 +74,7 @@ def test_fixed_scaler_skips_non_finite_gradients_and_keeps_scale_one(small_set):
     assert trainer.scaler.get_scale() == 1.0
     # A finite loss after it steps again, still at scale 1.
     loss = sum((p**2).sum() for p in trainer.net_d.parameters())
-    assert torch.isfinite(trainer._optimizer_step(trainer.optim_d, trainer.net_d, loss))
+    assert torch.isfinite(optimizer_step(trainer.scaler, trainer.optim_d, trainer.net_d, loss))
     trainer.scaler.update()
     assert not all(torch.equal(a, b) for a, b in zip(before, trainer.net_d.parameters()))
     assert trainer.scaler.get_scale() == 1.0

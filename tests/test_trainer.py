@@ -12,8 +12,10 @@ import torch
 
 import train
 import utils
+from core import optimization
 from core.config_schema import validate_config
-from core.distributed import StopRequest, init_runtime
+from core.distributed import init_runtime
+from core.lifecycle import StopRequest
 from tests.helpers_data import make_config, make_dataset
 
 
@@ -93,18 +95,18 @@ def test_non_finite_loss_skips_the_update_then_stops(small_set, monkeypatch, cap
     assert all(torch.equal(a, b) for a, b in zip(weights, trainer.net_g.parameters()))
     assert all(torch.isfinite(p).all() for p in trainer.net_g.parameters())
 
-    assert train.MAX_CONSECUTIVE_NONFINITE == 20  # what runs stop after
-    monkeypatch.setattr(train, "MAX_CONSECUTIVE_NONFINITE", 4)  # the same rule, fewer steps
-    with pytest.raises(train.NonFiniteTrainingError, match="4 steps in a row"):
+    assert optimization.MAX_CONSECUTIVE_NONFINITE == 20  # what runs stop after
+    monkeypatch.setattr(optimization, "MAX_CONSECUTIVE_NONFINITE", 4)  # same rule, fewer steps
+    with pytest.raises(optimization.NonFiniteTrainingError, match="4 steps in a row"):
         for _ in range(4):
             trainer.train_step(batch)
     assert (Path(trainer.model_dir) / "G_0.pth").read_bytes() == good
 
     # A finite step resets the count.
     monkeypatch.undo()
-    trainer.consecutive_nonfinite = 5
+    trainer.nonfinite.run.fill_(5)
     trainer.train_step(batch)
-    assert trainer.consecutive_nonfinite == 0
+    assert int(trainer.nonfinite.run) == 0
 
 
 def test_weights_with_nan_are_never_saved(small_set):
@@ -112,7 +114,7 @@ def test_weights_with_nan_are_never_saved(small_set):
     with torch.no_grad():
         next(trainer.net_d.parameters())[0].fill_(float("nan"))
     trainer.state.step = 3
-    with pytest.raises(train.NonFiniteTrainingError, match="not saved"):
+    with pytest.raises(optimization.NonFiniteTrainingError, match="not saved"):
         trainer.save()
     assert not list(Path(trainer.model_dir).glob("*.pth"))
 
