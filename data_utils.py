@@ -36,7 +36,6 @@ from torch.nn import functional as F
 
 import feature_files as ff
 from core.errors import UserError
-from feature_files import RERUN_FEATURES
 from modules.f0_utils import repeat_expand_2d
 from modules.mel_processing import spectrogram_torch
 
@@ -167,34 +166,24 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         f0 = torch.from_numpy(f0_values).float()
         uv = torch.from_numpy(uv_values).float()
 
-        content = repeat_expand_2d(
-            ff.read_content(ff.content_path(filename)),
-            f0.shape[0],
-            mode=self.unit_interpolate_mode,
-        )
+        content = ff.read_content(ff.content_path(filename))
+        content_frames = content.shape[1]
+        content = repeat_expand_2d(content, f0.shape[0], mode=self.unit_interpolate_mode)
 
         volume = None
         if self.vol_emb:
             volume = torch.from_numpy(ff.read_volume(ff.volume_path(filename)))
 
-        frames = min(content.size(-1), spec.size(-1))
-        if abs(content.size(-1) - spec.size(-1)) >= ff.STREAM_TOLERANCE_FRAMES:
-            raise UserError(
-                f"{filename}: pitch has {content.size(-1)} frames but the spectrogram has "
-                f"{spec.size(-1)}; {RERUN_FEATURES} (and delete stale *{ff.SPEC_SUFFIX} files)"
-            )
-        if abs(audio_norm.shape[1] - frames * self.hop_length) >= (
-            ff.STREAM_TOLERANCE_FRAMES * self.hop_length
-        ):
-            raise UserError(
-                f"{filename}: {audio_norm.shape[1]} samples do not match {frames} frames of "
-                f"data.hop_length {self.hop_length}; {RERUN_FEATURES}"
-            )
-        if volume is not None and volume.shape[0] < frames:
-            raise UserError(
-                f"{ff.volume_path(filename)}: {volume.shape[0]} frames, expected {frames}; "
-                f"{RERUN_FEATURES}"
-            )
+        num_samples = audio_norm.shape[1]
+        lengths = {"content": content_frames, "pitch": f0.shape[0], "spec": spec.shape[1]}
+        if volume is not None:
+            lengths["volume"] = volume.shape[0]
+        problems = ff.clip_verdict(
+            filename, num_samples, lengths, self.sampling_rate, self.hop_length
+        )
+        if problems:
+            raise UserError("; ".join(problems.values()))
+        frames = ff.common_frames(num_samples, lengths, self.hop_length)
         spec, content, f0, uv = spec[:, :frames], content[:, :frames], f0[:frames], uv[:frames]
         audio_norm = audio_norm[:, : frames * self.hop_length]
         if volume is not None:
