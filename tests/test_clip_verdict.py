@@ -94,7 +94,7 @@ def test_three_frames_short_is_named_before_training_and_recomputed(tmp_path: Pa
 
 @pytest.mark.slow
 def test_train_py_names_the_short_volume_file_before_any_step(tmp_path: Path) -> None:
-    hps, wav = _short_volume_set(tmp_path, missing_frames=3)
+    _, wav = _short_volume_set(tmp_path, missing_frames=3)
     config = make_config(tmp_path, model={"vol_embedding": True}, train={"num_workers": 2})
     result = run_script(
         "train.py", "-c", write_config(tmp_path, config), "-m", "short", cwd=tmp_path
