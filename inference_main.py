@@ -2,12 +2,14 @@
 
 Upstream's `inference_main.py`:
 
-    python inference_main.py -m logs/44k/G_37600.pth -c logs/44k/config.json
+    python inference_main.py -m logs/44k/G_37600.pth [-c logs/44k/config.json]
         -n song.wav -t 0 -s speaker [-f0p pm|dio|harvest|rmvpe] [-cr 0.5 [-cm FILE] [-fr]]
         [--encoder_path FILE] [--f0_weights FILE] [--trust_pickle] ...
 
 Each output is `results/<name>_<key>_<speaker>[_<ratio>]_sovits_<f0 predictor>.<format>`
-with `<key>` `<t>key` (or `auto` with `-a`), as upstream names it.
+with `<key>` `<t>key` (or `auto` with `-a`), as upstream names it. A G file
+that training wrote carries its config, so `-c` is needed only for upstream's
+files (or to override it).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     # Required settings.
     add("-m", "--model_path", default="logs/44k/G_37600.pth", help="generator checkpoint")
-    add("-c", "--config_path", default="logs/44k/config.json", help="config file")
+    add("-c", "--config_path", default=None,
+        help="config file (default: the one the model file carries; upstream's files need -c)")
     add("-cl", "--clip", type=float, default=0,
         help="force-cut voiced audio into clips of this many seconds (0: off)")
     add("-n", "--clean_names", nargs="+", default=["君の知らない物語-src.wav"],

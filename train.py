@@ -38,7 +38,9 @@ from checkpoint import (
     build_generator,
     capture_rng_state,
     clean_checkpoints,
+    discriminator_path,
     find_resume_point,
+    generator_path,
     load_checkpoint,
     remove_stale_temp_files,
     restore_rng_state,
@@ -972,10 +974,12 @@ class Trainer:
             self.optim_g,
             lr,
             epoch,
-            self.model_dir / f"G_{step}.pth",
+            generator_path(self.model_dir, step),
             extra={"train_state": self.state.to_dict()},
+            config=self.hps,
         )
-        save_checkpoint(self.net_d, self.optim_d, lr, epoch, self.model_dir / f"D_{step}.pth")
+        d_path = discriminator_path(self.model_dir, step)
+        save_checkpoint(self.net_d, self.optim_d, lr, epoch, d_path)
         removed = clean_checkpoints(self.model_dir, self.hps.train.get("keep_ckpts", 0))
         for path in removed:
             logger.info("removed old checkpoint %s", path)

@@ -35,14 +35,12 @@ import torch
 from torch.nn import functional as F
 
 import cluster
-from checkpoint import load_generator
+from checkpoint import generator_hparams, load_generator, read_generator_file
 from cluster.feature_index import FeatureRetriever, load_feature_index
 from core.errors import UserError
-from core.hparams import get_hparams_from_file
 from feature_files import ENCODER_SAMPLING_RATE
 from inference import slicer
 from inference.spk_mix import build_mix_weights
-from models import SynthesizerTrn
 from modules.f0_utils import VolumeExtractor, repeat_expand_2d
 
 logger = logging.getLogger("so-vits-svc.inference")
@@ -110,7 +108,7 @@ class Svc:
     def __init__(
         self,
         net_g_path: str | os.PathLike,
-        config_path: str | os.PathLike,
+        config_path: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         cluster_model_path: str | os.PathLike | None = None,
         feature_retrieval: bool = False,
@@ -131,22 +129,23 @@ class Svc:
             device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.dev = self.device  # upstream's attribute name
-        self.hps_ms = get_hparams_from_file(config_path)
+        checkpoint = read_generator_file(self.net_g_path)
+        # The config: `config_path` when given, else the one the file carries.
+        self.hps_ms = generator_hparams(checkpoint, self.net_g_path, config_path)
         data, model_config = self.hps_ms.data, self.hps_ms.model
         self.target_sample = int(data.sampling_rate)
         self.hop_size = int(data.hop_length)
-        speakers = self.hps_ms.get("spk")
-        self.spk2id: dict[str, int] = (
-            {str(name): int(index) for name, index in speakers.items()} if speakers else {}
-        )
-        self.unit_interpolate_mode = data.get("unit_interpolate_mode") or "left"
-        self.vol_embedding = bool(model_config.get("vol_embedding") or False)
-        self.speech_encoder_name = model_config.get("speech_encoder") or "vec768l12"
+        self.spk2id: dict[str, int] = {
+            str(name): int(index) for name, index in self.hps_ms.spk.items()
+        }
+        self.unit_interpolate_mode = data.unit_interpolate_mode
+        self.vol_embedding = bool(model_config.vol_embedding)
+        self.speech_encoder_name = model_config.speech_encoder
         self.encoder_path = encoder_path
         self.f0_weights = f0_weights
         self.volume_extractor = VolumeExtractor(self.hop_size)
 
-        self.net_g_ms = self._load_generator()
+        self.net_g_ms = load_generator(self.net_g_path, self.hps_ms, self.device, checkpoint)
         self.dtype = next(self.net_g_ms.parameters()).dtype
         if spk_mix_enable:
             self.net_g_ms.EnableCharacterMix(len(self.spk2id), self.device)
@@ -174,12 +173,6 @@ class Svc:
                 )
 
     # ------------------------------------------------------------------ loading
-
-    def _load_generator(self) -> SynthesizerTrn:
-        """The generator of the config with the checkpoint's weights (see `load_generator`)."""
-        if not Path(self.net_g_path).is_file():
-            raise UserError(f"{self.net_g_path}: model not found: pass a G_*.pth file with -m")
-        return load_generator(self.net_g_path, self.hps_ms, self.device)
 
     @property
     def speech_encoder(self) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 
 import gradio as gr
 
+from checkpoint.names import GENERATOR_FILES
 from core.components import F0_PREDICTORS
 from inference.webui_app import (
     ConvertSettings,
@@ -93,15 +94,17 @@ def build_page(cache: ModelCache, logs_dir: str | os.PathLike, out_dir: str | No
                 folders = folder_choices()
                 folder = gr.Dropdown(
                     choices=folders, value=folders[0][1] if folders else None,
-                    label="Model folder (newest G_*.pth and its config.json)",
+                    label=f"Model folder (newest {GENERATOR_FILES} and its config.json)",
                     allow_custom_value=True, elem_id="model_folder",
                 )
                 refresh = gr.Button("Refresh folders", size="sm")
-                with gr.Accordion("...or upload the two files", open=False):
-                    model_file = gr.File(label="G_*.pth", file_types=[".pth"],
+                with gr.Accordion("...or upload a model file", open=False):
+                    model_file = gr.File(label=GENERATOR_FILES, file_types=[".pth"],
                                          elem_id="model_file")
-                    config_file = gr.File(label="config.json", file_types=[".json"],
-                                          elem_id="config_file")
+                    config_file = gr.File(
+                        label="config.json (only for files without one, e.g. upstream's)",
+                        file_types=[".json"], elem_id="config_file",
+                    )
                 with gr.Accordion("Cluster model or feature index (optional)", open=False):
                     cluster_file = gr.File(label="kmeans_10000.pt or feature_and_index.pkl",
                                            elem_id="cluster_file")
