@@ -71,11 +71,6 @@ def load_filepaths(path: str | os.PathLike) -> list[str]:
     return paths
 
 
-def _option(section: Any, key: str, default: Any) -> Any:
-    """`section.key` if present, else `default` (for configs not run through the schema)."""
-    return section.get(key, default)
-
-
 def read_wav(path: str, max_wav_value: float) -> tuple[torch.Tensor, int]:
     """Mono audio as float32 (T,) scaled like upstream (16-bit PCM / max_wav_value)."""
     try:
@@ -96,7 +91,11 @@ def read_wav(path: str, max_wav_value: float) -> tuple[torch.Tensor, int]:
 
 
 class TextAudioSpeakerLoader(torch.utils.data.Dataset):
-    """Items of one filelist: (content, f0, spec, audio, speaker id, uv, volume)."""
+    """Items of one filelist: (content, f0, spec, audio, speaker id, uv, volume).
+
+    `hparams` is a config checked by `core.config_schema.validate_config`,
+    which fills in every default; nothing here repeats one.
+    """
 
     def __init__(
         self,
@@ -113,11 +112,11 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         self.filter_length = int(data.filter_length)
         self.hop_length = int(data.hop_length)
         self.win_length = int(data.win_length)
-        self.unit_interpolate_mode = _option(data, "unit_interpolate_mode", "left")
+        self.unit_interpolate_mode = data.unit_interpolate_mode
         self.spk_map = hparams.spk
-        self.vol_emb = bool(_option(hparams.model, "vol_embedding", False))
-        self.vol_aug = bool(_option(hparams.train, "vol_aug", False)) and vol_aug
-        self.seed = int(_option(hparams.train, "seed", 1234))
+        self.vol_emb = bool(hparams.model.vol_embedding)
+        self.vol_aug = bool(hparams.train.vol_aug) and vol_aug
+        self.seed = int(hparams.train.seed)
         self.all_in_mem = all_in_mem
         self.cache: list[Item] = []
         if self.all_in_mem:
@@ -400,9 +399,9 @@ def default_num_workers(all_in_mem: bool) -> int:
 
 def resolve_num_workers(hps: Any) -> int:
     """train.num_workers if set, else upstream's choice; never more than the CPUs."""
-    configured = _option(hps.train, "num_workers", None)
+    configured = hps.train.num_workers
     if configured is None:
-        configured = default_num_workers(bool(_option(hps.train, "all_in_mem", False)))
+        configured = default_num_workers(bool(hps.train.all_in_mem))
     return max(0, min(int(configured), os.cpu_count() or 1))
 
 
@@ -468,7 +467,7 @@ def make_eval_loader(
 
     A configured `train.num_workers` of 0 also keeps evaluation in-process.
     """
-    configured = _option(hps.train, "num_workers", None)
+    configured = hps.train.num_workers
     num_workers = 0 if configured == 0 else min(1, os.cpu_count() or 1)
     return torch.utils.data.DataLoader(
         dataset,

@@ -182,6 +182,11 @@ def key_specs(section: str | None = None) -> list[KeySpec]:
     return [k for k in SCHEMA if section is None or k.section == section]
 
 
+def default_value(section: str, name: str) -> Any:
+    """The schema's default of an optional key, for readers of a raw (unchecked) config."""
+    return copy.deepcopy(_SPEC_BY_KEY[(section, name)].default)
+
+
 # --------------------------------------------------------------------------- type checks
 
 

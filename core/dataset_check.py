@@ -44,7 +44,7 @@ def _settings(hps: Any) -> _Settings:
         hop_length=int(hps.data.hop_length),
         filter_length=int(hps.data.filter_length),
         ssl_dim=int(hps.model.ssl_dim),
-        vol_embedding=bool(hps.model.get("vol_embedding", False)),
+        vol_embedding=bool(hps.model.vol_embedding),
         speakers=frozenset(hps.spk.keys()),
     )
 

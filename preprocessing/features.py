@@ -28,6 +28,7 @@ import torch
 
 import feature_files as ff
 from core.components import require_f0_predictor
+from core.config_schema import default_value
 from core.errors import UserError
 from preprocessing.runner import ItemResult, RunSummary, run_parallel
 
@@ -116,7 +117,7 @@ def load_settings(
         win_length=values["win_length"],
         ssl_dim=ssl_dim,
         speech_encoder=str(_require(model, "model", "speech_encoder", config_path)),
-        vol_embedding=bool(model.get("vol_embedding", False)),
+        vol_embedding=bool(model.get("vol_embedding", default_value("model", "vol_embedding"))),
         f0_predictor=f0_predictor,
         encoder_path=encoder_path,
         device=str(device),
