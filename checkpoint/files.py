@@ -198,6 +198,24 @@ def check_fit(
     )
 
 
+def _load_optimizer_state(
+    checkpoint_path: str | os.PathLike,
+    optimizer: torch.optim.Optimizer,
+    saved: dict[str, Any],
+    strict: bool,
+) -> None:
+    """Load a saved optimizer state: a misfit is an error when strict, else a warning."""
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, RuntimeError) as error:
+        if strict:
+            raise UserError(
+                f"{checkpoint_path}: optimizer state does not fit ({error}): "
+                "use the config the checkpoint was trained with"
+            ) from error
+        logger.warning("%s: optimizer state not loaded (%s)", checkpoint_path, error)
+
+
 def load_checkpoint(
     checkpoint_path: str | os.PathLike,
     model: torch.nn.Module,
@@ -251,15 +269,7 @@ def load_checkpoint(
                 checkpoint_path,
             )
         else:
-            try:
-                optimizer.load_state_dict(saved_optimizer)
-            except (ValueError, KeyError, RuntimeError) as error:
-                if strict:
-                    raise UserError(
-                        f"{checkpoint_path}: optimizer state does not fit ({error}): "
-                        "use the config the checkpoint was trained with"
-                    ) from error
-                logger.warning("%s: optimizer state not loaded (%s)", checkpoint_path, error)
+            _load_optimizer_state(checkpoint_path, optimizer, saved_optimizer, strict)
     iteration = int(checkpoint.get("iteration", 0) or 0)
     learning_rate = float(checkpoint.get("learning_rate", 0.0) or 0.0)
     logger.info("Loaded checkpoint '%s' (iteration %d)", checkpoint_path, iteration)

@@ -313,6 +313,14 @@ class SourceModuleHnNSF(nn.Module):
 # ----------------------------------------------------------------------------
 
 
+def _noise_conv(channels: int, later_rates: Sequence[int]) -> nn.Conv1d:
+    """Brings the harmonic source (at the audio rate) down to one upsampling stage's rate."""
+    if not later_rates:  # the last stage runs at the audio rate
+        return nn.Conv1d(1, channels, kernel_size=1)
+    stride = int(np.prod(later_rates))
+    return nn.Conv1d(1, channels, kernel_size=stride * 2, stride=stride, padding=(stride + 1) // 2)
+
+
 class Generator(nn.Module):
     """Upsample latent frames to audio, injecting the harmonic source at every scale."""
 
@@ -349,19 +357,7 @@ class Generator(nn.Module):
                     nn.ConvTranspose1d(c_in, c_cur, kernel, rate, padding=(kernel - rate + 1) // 2)
                 )
             )
-            if i + 1 < len(upsample_rates):
-                stride_f0 = int(np.prod(upsample_rates[i + 1 :]))
-                self.noise_convs.append(
-                    nn.Conv1d(
-                        1,
-                        c_cur,
-                        kernel_size=stride_f0 * 2,
-                        stride=stride_f0,
-                        padding=(stride_f0 + 1) // 2,
-                    )
-                )
-            else:
-                self.noise_convs.append(nn.Conv1d(1, c_cur, kernel_size=1))
+            self.noise_convs.append(_noise_conv(c_cur, upsample_rates[i + 1 :]))
         self.resblocks = nn.ModuleList()
         if snake:
             self.snakes = nn.ModuleList()
