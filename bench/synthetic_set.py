@@ -1,6 +1,7 @@
 """Build a tiny synthetic training set and config in upstream's on-disk format.
 
-Used by the data-pipeline tests and the trainer's end-to-end tests. The audio is
+The benchmark trains on it, and the tests use it for the data pipeline and the
+trainer's end-to-end runs (through tests/helpers_data.py). The audio is
 a harmonic tone whose pitch is exactly what the `.f0.npy` file says, and the
 content features are a fixed projection of the audio's band energies, so a
 model can actually learn the mapping; nothing depends on pretrained encoders.
@@ -26,6 +27,7 @@ import numpy as np
 import soundfile
 import torch
 
+import feature_files as ff
 from core.safe_io import save_f0_uv
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -89,6 +91,27 @@ def volume_of(audio: np.ndarray, hop_length: int) -> np.ndarray:
     return np.sqrt(framed.mean(axis=1)).astype(np.float32)
 
 
+def _write_item(
+    wav_path: str,
+    audio: np.ndarray,
+    f0: np.ndarray,
+    uv: np.ndarray,
+    sampling_rate: int,
+    hop_length: int,
+    projection: np.ndarray,
+    vol: bool,
+) -> None:
+    """One clip's wav and feature files, as preprocessing would write them."""
+    soundfile.write(wav_path, audio, sampling_rate, subtype="PCM_16")
+    # Features are computed from what the loader will read back (16-bit).
+    stored, _ = soundfile.read(wav_path, dtype="float32")
+    content = _content_features(stored, sampling_rate, projection)
+    torch.save(torch.from_numpy(content).unsqueeze(0), ff.content_path(wav_path))
+    save_f0_uv(ff.pitch_path(wav_path), f0, uv)
+    if vol:
+        np.save(ff.volume_path(wav_path), volume_of(stored, hop_length))
+
+
 def make_dataset(
     root: Path,
     speakers: tuple[str, ...] = ("alice", "bob"),
@@ -120,17 +143,10 @@ def make_dataset(
         folder = dataset_dir / speaker
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(items_per_speaker):
-            wav_path = folder / f"{speaker}_{index:03d}.wav"
+            wav_path = str(folder / f"{speaker}_{index:03d}.wav")
             audio, f0, uv = _synth_item(rng, n_samples, sampling_rate, hop_length)
-            soundfile.write(wav_path, audio, sampling_rate, subtype="PCM_16")
-            # Features are computed from what the loader will read back (16-bit).
-            stored, _ = soundfile.read(wav_path, dtype="float32")
-            content = _content_features(stored, sampling_rate, projection)
-            torch.save(torch.from_numpy(content).unsqueeze(0), f"{wav_path}.soft.pt")
-            save_f0_uv(f"{wav_path}.f0.npy", f0, uv)
-            if vol:
-                np.save(f"{wav_path}.vol.npy", volume_of(stored, hop_length))
-            (val if index < val_per_speaker else train).append(str(wav_path))
+            _write_item(wav_path, audio, f0, uv, sampling_rate, hop_length, projection, vol)
+            (val if index < val_per_speaker else train).append(wav_path)
 
     filelist_dir = root / "filelists"
     filelist_dir.mkdir(parents=True, exist_ok=True)
