@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 from checkpoint import (
+    GENERATOR_FILES,
     POSTERIOR_ENCODER_PREFIX,
     check_fit,
     disk_model_state,
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", default=None,
         help="config file (default: the checkpoint's own, else configs/config.json)",
     )
-    parser.add_argument("-i", "--input", required=True, help="training checkpoint G_*.pth")
+    parser.add_argument("-i", "--input", required=True,
+                        help=f"training checkpoint {GENERATOR_FILES}")
     parser.add_argument("-o", "--output", default=None,
                         help="release file (default: <input>_release[_half].pth)")
     parser.add_argument("-hf", "--half", action="store_true", help="save as float16")

@@ -21,10 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from checkpoint.names import GENERATOR_FILES
 from preprocessing.runner import run_cli
 
 DESCRIPTION = (
-    "Export a so-vits-svc 4.1 generator (G_*.pth) to ONNX in upstream's layout, for "
+    f"Export a so-vits-svc 4.1 generator ({GENERATOR_FILES}) to ONNX in upstream's layout, for "
     "MoeVoiceStudio, realtime voice changers (e.g. w-okada's voice-changer) and other "
     "tools that load upstream's NAME_SoVits.onnx with onnxruntime. Writes the model and "
     "the NAME.json description MoeVoiceStudio reads."
