@@ -98,14 +98,13 @@ def remove_stale_feature_temp_files(folders: Iterable[str | os.PathLike]) -> lis
 
 
 def spec_frames(num_samples: int, filter_length: int, hop_length: int) -> int:
-    """Frames of `spectrogram_torch(center=False)`: reflect-padded by (n_fft - hop) / 2 a side."""
+    """Frames of `spectrogram_torch(center=False)`: reflect-padded by (n_fft - hop) / 2 a side.
+
+    For every config whose filter and hop lengths differ by an even count (all
+    of upstream's) this is `audio_frames`, the count the clip verdict expects.
+    """
     pad = int((filter_length - hop_length) / 2)
     return max(0, (num_samples + 2 * pad - filter_length) // hop_length + 1)
-
-
-def pitch_frames(num_samples: int, hop_length: int) -> int:
-    """Frames the f0 predictors give for `num_samples` at `hop_length`."""
-    return num_samples // hop_length
 
 
 def encoder_samples(num_samples: int, sampling_rate: int) -> int:
@@ -132,7 +131,8 @@ def content_belongs_to_clip(frames: int, num_samples: int, sampling_rate: int) -
 
 
 def audio_frames(num_samples: int, hop_length: int) -> int:
-    """Whole frames of `data.hop_length` samples the audio fills."""
+    """Whole frames of `data.hop_length` samples the audio fills: what the f0 predictors
+    and the volume extractor give, and the spectrogram's frames (`spec_frames`)."""
     return num_samples // hop_length
 
 
