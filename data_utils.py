@@ -37,7 +37,6 @@ from torch.nn import functional as F
 import feature_files as ff
 from core.errors import UserError
 from core.lifecycle import reap_workers_at_exit
-from feature_files import RERUN_FEATURES
 from modules.f0_utils import repeat_expand_2d
 from modules.mel_processing import spectrogram_torch
 
@@ -73,11 +72,6 @@ def load_filepaths(path: str | os.PathLike) -> list[str]:
     return paths
 
 
-def _option(section: Any, key: str, default: Any) -> Any:
-    """`section.key` if present, else `default` (for configs not run through the schema)."""
-    return section.get(key, default)
-
-
 def read_wav(path: str, max_wav_value: float) -> tuple[torch.Tensor, int]:
     """Mono audio as float32 (T,) scaled like upstream (16-bit PCM / max_wav_value)."""
     try:
@@ -98,7 +92,11 @@ def read_wav(path: str, max_wav_value: float) -> tuple[torch.Tensor, int]:
 
 
 class TextAudioSpeakerLoader(torch.utils.data.Dataset):
-    """Items of one filelist: (content, f0, spec, audio, speaker id, uv, volume)."""
+    """Items of one filelist: (content, f0, spec, audio, speaker id, uv, volume).
+
+    `hparams` is a config checked by `core.config_schema.validate_config`,
+    which fills in every default; nothing here repeats one.
+    """
 
     def __init__(
         self,
@@ -115,11 +113,11 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         self.filter_length = int(data.filter_length)
         self.hop_length = int(data.hop_length)
         self.win_length = int(data.win_length)
-        self.unit_interpolate_mode = _option(data, "unit_interpolate_mode", "left")
+        self.unit_interpolate_mode = data.unit_interpolate_mode
         self.spk_map = hparams.spk
-        self.vol_emb = bool(_option(hparams.model, "vol_embedding", False))
-        self.vol_aug = bool(_option(hparams.train, "vol_aug", False)) and vol_aug
-        self.seed = int(_option(hparams.train, "seed", 1234))
+        self.vol_emb = bool(hparams.model.vol_embedding)
+        self.vol_aug = bool(hparams.train.vol_aug) and vol_aug
+        self.seed = int(hparams.train.seed)
         self.all_in_mem = all_in_mem
         self.cache: list[Item] = []
         if self.all_in_mem:
@@ -168,34 +166,24 @@ class TextAudioSpeakerLoader(torch.utils.data.Dataset):
         f0 = torch.from_numpy(f0_values).float()
         uv = torch.from_numpy(uv_values).float()
 
-        content = repeat_expand_2d(
-            ff.read_content(ff.content_path(filename)),
-            f0.shape[0],
-            mode=self.unit_interpolate_mode,
-        )
+        content = ff.read_content(ff.content_path(filename))
+        content_frames = content.shape[1]
+        content = repeat_expand_2d(content, f0.shape[0], mode=self.unit_interpolate_mode)
 
         volume = None
         if self.vol_emb:
             volume = torch.from_numpy(ff.read_volume(ff.volume_path(filename)))
 
-        frames = min(content.size(-1), spec.size(-1))
-        if abs(content.size(-1) - spec.size(-1)) >= ff.STREAM_TOLERANCE_FRAMES:
-            raise UserError(
-                f"{filename}: pitch has {content.size(-1)} frames but the spectrogram has "
-                f"{spec.size(-1)}; {RERUN_FEATURES} (and delete stale *{ff.SPEC_SUFFIX} files)"
-            )
-        if abs(audio_norm.shape[1] - frames * self.hop_length) >= (
-            ff.STREAM_TOLERANCE_FRAMES * self.hop_length
-        ):
-            raise UserError(
-                f"{filename}: {audio_norm.shape[1]} samples do not match {frames} frames of "
-                f"data.hop_length {self.hop_length}; {RERUN_FEATURES}"
-            )
-        if volume is not None and volume.shape[0] < frames:
-            raise UserError(
-                f"{ff.volume_path(filename)}: {volume.shape[0]} frames, expected {frames}; "
-                f"{RERUN_FEATURES}"
-            )
+        num_samples = audio_norm.shape[1]
+        lengths = {"content": content_frames, "pitch": f0.shape[0], "spec": spec.shape[1]}
+        if volume is not None:
+            lengths["volume"] = volume.shape[0]
+        problems = ff.clip_verdict(
+            filename, num_samples, lengths, self.sampling_rate, self.hop_length
+        )
+        if problems:
+            raise UserError("; ".join(problems.values()))
+        frames = ff.common_frames(num_samples, lengths, self.hop_length)
         spec, content, f0, uv = spec[:, :frames], content[:, :frames], f0[:frames], uv[:frames]
         audio_norm = audio_norm[:, : frames * self.hop_length]
         if volume is not None:
@@ -412,9 +400,9 @@ def default_num_workers(all_in_mem: bool) -> int:
 
 def resolve_num_workers(hps: Any) -> int:
     """train.num_workers if set, else upstream's choice; never more than the CPUs."""
-    configured = _option(hps.train, "num_workers", None)
+    configured = hps.train.num_workers
     if configured is None:
-        configured = default_num_workers(bool(_option(hps.train, "all_in_mem", False)))
+        configured = default_num_workers(bool(hps.train.all_in_mem))
     return max(0, min(int(configured), os.cpu_count() or 1))
 
 
@@ -483,7 +471,7 @@ def make_eval_loader(
 
     A configured `train.num_workers` of 0 also keeps evaluation in-process.
     """
-    configured = _option(hps.train, "num_workers", None)
+    configured = hps.train.num_workers
     num_workers = 0 if configured == 0 else min(1, os.cpu_count() or 1)
     if num_workers > 0:
         reap_workers_at_exit()

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +57,11 @@ ENCODER_SAMPLING_RATE = 16000
 ENCODER_HOP = 320
 MIN_ENCODER_SAMPLES = 400  # the first convolution's receptive field at 16 kHz
 
-# Pitch, spectrogram and audio of one clip may differ by fewer frames than this
-# (upstream's loader asserts the same); the loader trims them to the shortest.
+# The pitch, spectrogram and volume files of one clip may each differ from the
+# audio's frame count by fewer frames than this (upstream's loader asserts the
+# same of pitch and spectrogram); the loader trims every stream to the shortest.
+# Content has its own, looser rule (`content_belongs_to_clip`): it is stretched.
 STREAM_TOLERANCE_FRAMES = 3
-# Preprocessing keeps stored features only this close to the expected count.
-CONTENT_TOLERANCE_FRAMES = 2
-PITCH_TOLERANCE_FRAMES = 1
 
 CONTENT_SUFFIX = ".soft.pt"
 PITCH_SUFFIX = ".f0.npy"
@@ -132,14 +131,13 @@ def remove_stale_feature_temp_files(folders: Iterable[str | os.PathLike]) -> lis
 
 
 def spec_frames(num_samples: int, filter_length: int, hop_length: int) -> int:
-    """Frames of `spectrogram_torch(center=False)`: reflect-padded by (n_fft - hop) / 2 a side."""
+    """Frames of `spectrogram_torch(center=False)`: reflect-padded by (n_fft - hop) / 2 a side.
+
+    For every config whose filter and hop lengths differ by an even count (all
+    of upstream's) this is `audio_frames`, the count the clip verdict expects.
+    """
     pad = int((filter_length - hop_length) / 2)
     return max(0, (num_samples + 2 * pad - filter_length) // hop_length + 1)
-
-
-def pitch_frames(num_samples: int, hop_length: int) -> int:
-    """Frames the f0 predictors give for `num_samples` at `hop_length`."""
-    return num_samples // hop_length
 
 
 def vocoder_mel_frames(
@@ -173,6 +171,69 @@ def content_belongs_to_clip(frames: int, num_samples: int, sampling_rate: int) -
     """
     expected = expected_content_frames(num_samples, sampling_rate)
     return abs(frames - expected) <= max(5.0, 0.25 * expected)
+
+
+# --------------------------------------------------------------------------- one verdict per clip
+
+
+def audio_frames(num_samples: int, hop_length: int) -> int:
+    """Whole frames of `data.hop_length` samples the audio fills: what the f0 predictors
+    and the volume extractor give, and the spectrogram's frames (`spec_frames`)."""
+    return num_samples // hop_length
+
+
+def clip_verdict(
+    wav_path: str,
+    num_samples: int,
+    frames: Mapping[str, int],
+    sampling_rate: int,
+    hop_length: int,
+) -> dict[str, str]:
+    """The streams of one clip that disagree with its audio, each with one line naming the fix.
+
+    `frames` maps the streams read from the clip's files (`content`, `pitch`,
+    `spec`, `volume`; any subset) to their frame counts. Preprocessing
+    recomputes what this names, the pre-flight check reports it before
+    training, and the data loader refuses it; what it accepts the loader
+    trims to `common_frames`. Every caller asks this one function, so a clip
+    is accepted or refused alike everywhere.
+    """
+    expected = audio_frames(num_samples, hop_length)
+    problems: dict[str, str] = {}
+    if "content" in frames and not content_belongs_to_clip(
+        frames["content"], num_samples, sampling_rate
+    ):
+        about = expected_content_frames(num_samples, sampling_rate)
+        problems["content"] = (
+            f"{content_path(wav_path)}: {frames['content']} content frames, expected about "
+            f"{about:.0f} for {num_samples / sampling_rate:.2f} s of audio; the features "
+            f"belong to another clip: {RERUN_FEATURES}"
+        )
+    files = {
+        "pitch": (pitch_path(wav_path), "pitch frames", RERUN_FEATURES),
+        "spec": (
+            spec_path(wav_path), "spectrogram frames",
+            f"delete it (the trainer recomputes it) or {RERUN_FEATURES}",
+        ),
+        "volume": (volume_path(wav_path), "volume frames", RERUN_FEATURES),
+    }
+    for stream, (path, what, fix) in files.items():
+        if stream in frames and abs(frames[stream] - expected) >= STREAM_TOLERANCE_FRAMES:
+            problems[stream] = (
+                f"{path}: {frames[stream]} {what}, but the audio has {expected} frames of "
+                f"data.hop_length {hop_length} (at most {STREAM_TOLERANCE_FRAMES - 1} apart); "
+                f"made with another hop or from another clip: {fix}"
+            )
+    return problems
+
+
+def common_frames(num_samples: int, frames: Mapping[str, int], hop_length: int) -> int:
+    """The frame count the loader trims every stream of an accepted clip to: the shortest.
+
+    Content is left out: the loader stretches it to the pitch frames first.
+    """
+    lengths = [frames[s] for s in ("pitch", "spec", "volume") if s in frames]
+    return min([audio_frames(num_samples, hop_length), *lengths])
 
 
 # --------------------------------------------------------------------------- readers

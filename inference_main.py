@@ -2,13 +2,15 @@
 
 Upstream's `inference_main.py`:
 
-    python inference_main.py -m logs/44k/G_37600.pth -c logs/44k/config.json
+    python inference_main.py -m logs/44k/G_37600.pth [-c logs/44k/config.json]
         -n song.wav -t 0 -s speaker [-f0p pm|dio|harvest|rmvpe|crepe|fcpe]
         [-cr 0.5 [-cm FILE] [-fr]]
         [--encoder_path FILE] [--f0_weights FILE] [--trust_pickle] ...
 
 Each output is `results/<name>_<key>_<speaker>[_<ratio>]_sovits_<f0 predictor>.<format>`
-with `<key>` `<t>key` (or `auto` with `-a`), as upstream names it.
+with `<key>` `<t>key` (or `auto` with `-a`), as upstream names it. A G file
+that training wrote carries its config, so `-c` is needed only for upstream's
+files (or to override it).
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import soundfile
 
+from checkpoint.names import generator_path
 from core.components import F0_PREDICTORS
 from core.errors import UserError
 from core.safe_io import atomic_write
@@ -32,14 +36,17 @@ DEFAULT_KMEANS = "logs/44k/kmeans_10000.pt"
 DEFAULT_INDEX = "logs/44k/feature_and_index.pkl"
 
 
+# Longer than 60 lines on purpose: one flat list of upstream's flags, read best in one piece.
 def build_parser() -> argparse.ArgumentParser:
     """Upstream's flags (names and defaults) plus `--encoder_path`, `--f0_weights`,
     `--trust_pickle` and `--spk_mix_path`."""
     parser = argparse.ArgumentParser(description="so-vits-svc 4.1 inference")
     add = parser.add_argument
     # Required settings.
-    add("-m", "--model_path", default="logs/44k/G_37600.pth", help="generator checkpoint")
-    add("-c", "--config_path", default="logs/44k/config.json", help="config file")
+    add("-m", "--model_path", default=str(generator_path("logs/44k", 37600)),
+        help="generator checkpoint")
+    add("-c", "--config_path", default=None,
+        help="config file (default: the one the model file carries; upstream's files need -c)")
     add("-cl", "--clip", type=float, default=0,
         help="force-cut voiced audio into clips of this many seconds (0: off)")
     add("-n", "--clean_names", nargs="+", default=["君の知らない物語-src.wav"],
@@ -141,40 +148,77 @@ def result_name(
     return f"{clean_name}_{key}_{speaker}{cluster_name}_{suffix}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    args = build_parser().parse_args(argv)
-    _check_supported(args)
+def cluster_model_path(args: argparse.Namespace) -> str | None:
+    """The cluster model or index to blend with, or None without blending (as upstream)."""
+    if args.cluster_infer_ratio == 0:
+        return None
+    if args.cluster_model_path:
+        return args.cluster_model_path
+    return DEFAULT_INDEX if args.feature_retrieval else DEFAULT_KMEANS
 
-    cluster_model_path = args.cluster_model_path
-    if args.cluster_infer_ratio != 0:
-        if not cluster_model_path:
-            cluster_model_path = DEFAULT_INDEX if args.feature_retrieval else DEFAULT_KMEANS
-    else:  # no blending: load nothing, as upstream
-        cluster_model_path = ""
 
-    use_spk_mix = args.use_spk_mix
-    speakers: list = list(args.spk_list)
-    if use_spk_mix:
+def target_speakers(args: argparse.Namespace) -> tuple[list[Any], bool]:
+    """The speakers to convert to, and whether they are one speaker-mix timeline."""
+    if args.use_spk_mix:
         from inference.spk_mix import read_spk_mix_map
 
         spk_mix_map = read_spk_mix_map(args.spk_mix_path)
-        if len(spk_mix_map) <= 1:
-            use_spk_mix = False
-        else:
-            speakers = [spk_mix_map]
+        if len(spk_mix_map) > 1:
+            return [spk_mix_map], True
+    return list(args.spk_list), False
 
+
+def input_files(args: argparse.Namespace) -> list[tuple[str, Path, int]]:
+    """(name, path under raw/, transpose) per `-n` name; a missing file is an error."""
     trans = list(args.trans)
     if len(trans) < len(args.clean_names):
         trans += [trans[0]] * (len(args.clean_names) - len(trans))
-    raw_paths = []
-    for clean_name in args.clean_names:
+    inputs = []
+    for clean_name, tran in zip(args.clean_names, trans):
         raw_path = Path("raw") / clean_name
         if "." not in str(raw_path):
             raw_path = raw_path.with_name(raw_path.name + ".wav")
         if not raw_path.is_file():
             raise UserError(f"{raw_path}: input not found: put the song in raw/ and pass -n NAME")
-        raw_paths.append(raw_path)
+        inputs.append((clean_name, raw_path, tran))
+    return inputs
+
+
+def convert(
+    svc_model: Any, args: argparse.Namespace, clean_name: str, raw_path: Path, tran: int,
+    speaker: Any, use_spk_mix: bool,
+) -> Path:
+    """Convert one input to one speaker (or mix) and write it under results/."""
+    audio = svc_model.slice_inference(
+        raw_audio_path=raw_path,
+        spk=speaker,
+        tran=tran,
+        slice_db=args.slice_db,
+        cluster_infer_ratio=args.cluster_infer_ratio,
+        auto_predict_f0=args.auto_predict_f0,
+        noice_scale=args.noice_scale,
+        pad_seconds=args.pad_seconds,
+        clip_seconds=args.clip,
+        lg_num=args.linear_gradient,
+        lgr_num=args.linear_gradient_retain,
+        f0_predictor=args.f0_predictor,
+        cr_threshold=args.f0_filter_threshold,
+        use_spk_mix=use_spk_mix,
+        loudness_envelope_adjustment=args.loudness_envelope_adjustment,
+    )
+    speaker_name = "spk_mix" if use_spk_mix else str(speaker)
+    result_path = Path("results") / result_name(clean_name, tran, speaker_name, args)
+    with atomic_write(result_path) as handle:
+        soundfile.write(handle, audio, svc_model.target_sample, format=args.wav_format.upper())
+    return result_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    _check_supported(args)
+    speakers, use_spk_mix = target_speakers(args)
+    inputs = input_files(args)
 
     from inference.svc import Svc
 
@@ -182,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.model_path,
         args.config_path,
         device=args.device,
-        cluster_model_path=cluster_model_path or None,
+        cluster_model_path=cluster_model_path(args),
         feature_retrieval=args.feature_retrieval,
         spk_mix_enable=use_spk_mix,
         encoder_path=args.encoder_path,
@@ -193,32 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for speaker in speakers:
             svc_model.speaker_id(speaker)  # fail on a wrong name before converting anything
     Path("results").mkdir(exist_ok=True)
-
-    for clean_name, raw_path, tran in zip(args.clean_names, raw_paths, trans):
+    for clean_name, raw_path, tran in inputs:
         for speaker in speakers:
-            audio = svc_model.slice_inference(
-                raw_audio_path=raw_path,
-                spk=speaker,
-                tran=tran,
-                slice_db=args.slice_db,
-                cluster_infer_ratio=args.cluster_infer_ratio,
-                auto_predict_f0=args.auto_predict_f0,
-                noice_scale=args.noice_scale,
-                pad_seconds=args.pad_seconds,
-                clip_seconds=args.clip,
-                lg_num=args.linear_gradient,
-                lgr_num=args.linear_gradient_retain,
-                f0_predictor=args.f0_predictor,
-                cr_threshold=args.f0_filter_threshold,
-                use_spk_mix=use_spk_mix,
-                loudness_envelope_adjustment=args.loudness_envelope_adjustment,
+            result_path = convert(
+                svc_model, args, clean_name, raw_path, tran, speaker, use_spk_mix
             )
-            speaker_name = "spk_mix" if use_spk_mix else str(speaker)
-            result_path = Path("results") / result_name(clean_name, tran, speaker_name, args)
-            with atomic_write(result_path) as handle:
-                soundfile.write(
-                    handle, audio, svc_model.target_sample, format=args.wav_format.upper()
-                )
             print(f"wrote {result_path}")
             svc_model.clear_empty()
     return 0

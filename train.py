@@ -37,7 +37,9 @@ from checkpoint import (
     build_generator,
     capture_rng_state,
     clean_checkpoints,
+    discriminator_path,
     find_resume_point,
+    generator_path,
     load_checkpoint,
     remove_stale_temp_files,
     save_checkpoint,
@@ -85,6 +87,12 @@ from modules.mel_processing import audio_to_config_mel, spec_to_config_mel
 
 logger = logging.getLogger("so-vits-svc")
 REPO_DIR = Path(__file__).resolve().parent
+# The log line's losses: (short name, tag, decimals), in upstream's order.
+LOG_LINE = (
+    ("d", "loss/d/total", 3), ("g", "loss/g/gen", 3), ("fm", "loss/g/fm", 3),
+    ("mel", "loss/g/mel", 3), ("kl", "loss/g/kl", 3), ("lf0", "loss/g/lf0", 4),
+)  # fmt: skip
+PLOTTED = ("y_mel", "y_hat_mel", "mel", "lf0", "pred_lf0", "norm_lf0")
 
 
 @dataclass
@@ -315,17 +323,11 @@ class Trainer(EpochLoop):
         else:
             # An upstream checkpoint: its epoch, and upstream's next step.
             self.state = TrainState(
-                step=point.step,
-                epoch=max(1, epoch),
-                world_size=self.runtime.world_size,
+                step=point.step, epoch=max(1, epoch), world_size=self.runtime.world_size,
                 seed=self.state.seed,
-            )
-        logger.info(
-            "resuming from %s at step %d, epoch %d",
-            point.g_path.name,
-            self.state.step,
-            self.state.epoch,
-        )
+            )  # fmt: skip
+        step, epoch = self.state.step, self.state.epoch
+        logger.info("resuming from %s at step %d, epoch %d", point.g_path.name, step, epoch)
 
     # ----------------------------------------------------------------- epochs
 
@@ -369,21 +371,10 @@ class Trainer(EpochLoop):
             "grad_norm_d": grad_norm_d,
             "grad_norm_g": grad_norm_g,
         }
-        plots = {
-            "y_mel": forward.y_mel,
-            "y_hat_mel": forward.y_hat_mel,
-            "mel": forward.mel,
-            "lf0": forward.lf0,
-            "pred_lf0": forward.pred_lf0,
-            "norm_lf0": forward.norm_lf0,
-        }
+        plots = {name: getattr(forward, name) for name in PLOTTED}
         return StepOutput(
             losses={name: value.detach() for name, value in losses.items()},
-            plots={
-                name: value.detach()
-                for name, value in plots.items()
-                if isinstance(value, torch.Tensor)
-            },
+            plots={name: value.detach() for name, value in plots.items() if value is not None},
         )
 
     def generator_forward(self, batch: tuple) -> GeneratorOutput:
@@ -458,29 +449,18 @@ class Trainer(EpochLoop):
         Everything read from the device (every loss and the first item of each
         plotted tensor) comes over in one transfer.
         """
-        plot_names = ["y_mel", "y_hat_mel", "mel"]
-        if self.uses_f0_predictor:
-            plot_names += ["lf0", "pred_lf0", "norm_lf0"]
+        plot_names = PLOTTED if self.uses_f0_predictor else PLOTTED[:3]
         firsts = {name: output.plots[name][0] for name in plot_names}
         values, arrays = read_to_host(output.losses, firsts)
         learning_rate = self.optim_g.param_groups[0]["lr"]
         scalars = {tag: value for tag, value in values.items() if tag != "loss/g/gen"}
         scalars["learning_rate"] = learning_rate
         progress = 100.0 * batch_index / max(1, self.batches_per_epoch)
+        losses = " ".join(f"{short} {values[tag]:.{digits}f}" for short, tag, digits in LOG_LINE)
         logger.info(
-            "Train Epoch: %d [%.0f%%] step %d lr %.3g | d %.3f g %.3f fm %.3f mel %.3f kl %.3f "
-            "lf0 %.4f",
-            epoch,
-            progress,
-            self.state.step,
-            learning_rate,
-            scalars["loss/d/total"],
-            values["loss/g/gen"],
-            scalars["loss/g/fm"],
-            scalars["loss/g/mel"],
-            scalars["loss/g/kl"],
-            scalars["loss/g/lf0"],
-        )
+            "Train Epoch: %d [%.0f%%] step %d lr %.3g | %s",
+            epoch, progress, self.state.step, learning_rate, losses,
+        )  # fmt: skip
         images = {
             "slice/mel_org": plot_spectrogram_to_numpy(arrays["y_mel"]),
             "slice/mel_gen": plot_spectrogram_to_numpy(arrays["y_hat_mel"]),
@@ -552,10 +532,13 @@ class Trainer(EpochLoop):
             self.optim_g,
             lr,
             epoch,
-            self.model_dir / f"G_{step}.pth",
+            generator_path(self.model_dir, step),
             extra={"train_state": self.state.to_dict()},
+            config=self.hps,
         )
-        save_checkpoint(self.net_d, self.optim_d, lr, epoch, self.model_dir / f"D_{step}.pth")
+        save_checkpoint(
+            self.net_d, self.optim_d, lr, epoch, discriminator_path(self.model_dir, step)
+        )
         for path in clean_checkpoints(self.model_dir, self.hps.train.keep_ckpts):
             logger.info("removed old checkpoint %s", path)
         if self.writer is not None:

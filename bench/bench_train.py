@@ -37,9 +37,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import train  # noqa: E402
+from bench.host_reads import counting_host_reads  # noqa: E402
+from bench.synthetic_set import make_config, make_dataset  # noqa: E402
 from core.config_schema import validate_config  # noqa: E402
 from core.distributed import init_runtime  # noqa: E402
-from core.host_reads import counting_host_reads  # noqa: E402
 from core.hparams import HParams  # noqa: E402
 from core.lifecycle import StopRequest  # noqa: E402
 from core.optimization import NONFINITE_CHECK_INTERVAL  # noqa: E402
@@ -65,8 +66,6 @@ def parse_args() -> argparse.Namespace:
 
 
 def synthetic_config(workdir: Path) -> dict:
-    from tests.helpers_data import make_config, make_dataset
-
     make_dataset(workdir, items_per_speaker=9, val_per_speaker=1, seconds=2.0)
     return make_config(workdir)
 

@@ -4,16 +4,19 @@ A `G_*.pth`/`D_*.pth` file is a dict with upstream's four keys, `model`,
 `iteration` (the epoch), `optimizer` and `learning_rate`, with weight-norm
 parameters under upstream's old names (`weight_g`/`weight_v`, see
 `legacy_keys`), so files move both ways between this project and upstream. A
-training run adds one key, `train_state`, to its G files: plain values and
-tensors that upstream ignores. Files are read as data only and written
-atomically (`core.safe_io`).
+training run adds two keys to its G files, plain values and tensors that
+upstream's loader never reads: `train_state` (to resume exactly) and `config`
+(the config it was trained with, so the file alone describes its model, as
+BigVGAN's and DAC's do). A release file (`save_release`) keeps only the
+generator's inference weights and the config. Files are read as data only and
+written atomically (`core.safe_io`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +28,8 @@ from core.safe_io import atomic_torch_save, load_torch_data
 
 logger = logging.getLogger("so-vits-svc")
 
-CHECKPOINT_KEYS = ("model", "iteration", "optimizer", "learning_rate")
+CHECKPOINT_KEYS = ("model", "iteration", "optimizer", "learning_rate")  # upstream's layout
+CONFIG_KEY = "config"  # the training config, in G files and release files
 # Training-only part of the generator: release files drop it, inference never uses it.
 POSTERIOR_ENCODER_PREFIX = "enc_q."
 
@@ -50,21 +54,25 @@ def save_checkpoint(
     iteration: int,
     checkpoint_path: str | os.PathLike,
     extra: Mapping[str, Any] | None = None,
+    config: Any = None,
 ) -> None:
     """Write an upstream-format checkpoint atomically.
 
     `extra` adds keys beside upstream's (train.py adds `train_state`); values
     must be tensors and plain Python data so `torch.load(weights_only=True)`
-    reads the file.
+    reads the file. `config` (a dict or `HParams`) is stored under `CONFIG_KEY`.
     """
-    checkpoint: dict[str, Any] = {
-        "model": model_state_for_disk(model),
-        "iteration": int(iteration),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "learning_rate": float(learning_rate),
-    }
+    values = (
+        model_state_for_disk(model),
+        int(iteration),
+        optimizer.state_dict() if optimizer is not None else None,
+        float(learning_rate),
+    )
+    checkpoint: dict[str, Any] = dict(zip(CHECKPOINT_KEYS, values, strict=True))
     if extra:
         checkpoint.update(extra)
+    if config is not None:
+        checkpoint[CONFIG_KEY] = plain_config(config)
     atomic_torch_save(checkpoint, checkpoint_path)
     logger.info("Saved model and optimizer state at epoch %d to %s", iteration, checkpoint_path)
 
@@ -80,14 +88,56 @@ def read_checkpoint(checkpoint_path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
+def plain_config(config: Any) -> dict[str, Any]:
+    """A config as plain JSON-ready data, without the run's own model folder."""
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {key: value for key, value in values.items() if key != "model_dir"}
+
+
+def embedded_config(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The config a checkpoint carries, or None (upstream's files and older ones carry none)."""
+    config = checkpoint.get(CONFIG_KEY)
+    return config if isinstance(config, dict) else None
+
+
+def disk_model_state(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights under their on-disk names, without DDP's `module.` prefix."""
+    return {key.removeprefix("module."): value for key, value in checkpoint["model"].items()}
 
 
 def saved_model_state(
     checkpoint: Mapping[str, Any], model_keys: Iterable[str]
 ) -> dict[str, torch.Tensor]:
     """A checkpoint's weights under our key names (no DDP prefix, modern weight norm)."""
-    saved = {key.removeprefix("module."): value for key, value in checkpoint["model"].items()}
-    return from_legacy_state_dict(saved, model_keys)
+    return from_legacy_state_dict(disk_model_state(checkpoint), model_keys)
+
+
+def save_release(
+    checkpoint: Mapping[str, Any],
+    path: str | os.PathLike,
+    keep: Collection[str],
+    half: bool = False,
+    config: Any = None,
+) -> dict[str, Any]:
+    """Write the release file of a training checkpoint; returns what was written.
+
+    Only what inference needs: the weights named in `keep` (on-disk names)
+    without the posterior encoder, float16 with `half`, no optimizer or
+    training state, in upstream's layout so upstream's inference loads it too,
+    plus the config (`config`, else the one the checkpoint carries).
+    """
+    weights = {
+        key: (value.half() if half and value.is_floating_point() else value).contiguous()
+        for key, value in disk_model_state(checkpoint).items()
+        if key in keep and not key.startswith(POSTERIOR_ENCODER_PREFIX)
+    }
+    learning_rate = float(checkpoint.get("learning_rate") or 1e-4)
+    release = dict(zip(CHECKPOINT_KEYS, (weights, 0, None, learning_rate), strict=True))
+    config = config if config is not None else embedded_config(checkpoint)
+    if config is not None:
+        release[CONFIG_KEY] = plain_config(config)
+    atomic_torch_save(release, path)
+    return release
 
 
 @dataclass
@@ -148,6 +198,24 @@ def check_fit(
     )
 
 
+def _load_optimizer_state(
+    checkpoint_path: str | os.PathLike,
+    optimizer: torch.optim.Optimizer,
+    saved: dict[str, Any],
+    strict: bool,
+) -> None:
+    """Load a saved optimizer state: a misfit is an error when strict, else a warning."""
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, RuntimeError) as error:
+        if strict:
+            raise UserError(
+                f"{checkpoint_path}: optimizer state does not fit ({error}): "
+                "use the config the checkpoint was trained with"
+            ) from error
+        logger.warning("%s: optimizer state not loaded (%s)", checkpoint_path, error)
+
+
 def load_checkpoint(
     checkpoint_path: str | os.PathLike,
     model: torch.nn.Module,
@@ -201,15 +269,7 @@ def load_checkpoint(
                 checkpoint_path,
             )
         else:
-            try:
-                optimizer.load_state_dict(saved_optimizer)
-            except (ValueError, KeyError, RuntimeError) as error:
-                if strict:
-                    raise UserError(
-                        f"{checkpoint_path}: optimizer state does not fit ({error}): "
-                        "use the config the checkpoint was trained with"
-                    ) from error
-                logger.warning("%s: optimizer state not loaded (%s)", checkpoint_path, error)
+            _load_optimizer_state(checkpoint_path, optimizer, saved_optimizer, strict)
     iteration = int(checkpoint.get("iteration", 0) or 0)
     learning_rate = float(checkpoint.get("learning_rate", 0.0) or 0.0)
     logger.info("Loaded checkpoint '%s' (iteration %d)", checkpoint_path, iteration)

@@ -10,35 +10,27 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from checkpoint.files import read_checkpoint
+from checkpoint.names import (
+    checkpoint_steps,
+    checkpoint_temp_files,
+    discriminator_path,
+    generator_path,
+)
 from core.errors import UserError
 from core.safe_io import remove_temp_files
 
 logger = logging.getLogger("so-vits-svc")
 
-_CHECKPOINT_NAME = re.compile(r"^([GD])_(\d+)\.pth$")
-
-
-def checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
-    """Steps that have a G or D file in `model_dir`, newest first."""
-    steps = set()
-    for entry in Path(model_dir).glob("[GD]_*.pth"):
-        match = _CHECKPOINT_NAME.match(entry.name)
-        if match:
-            steps.add(int(match.group(2)))
-    return sorted(steps, reverse=True)
-
-
 def latest_checkpoint_path(dir_path: str | os.PathLike, regex: str = "G_*.pth") -> str | None:
-    """The newest checkpoint matching `regex` by step number (upstream's helper)."""
-    prefix = regex.split("_")[0]
+    """The newest checkpoint matching `regex` (G or D files) by step number (upstream's helper)."""
+    path_of = discriminator_path if regex.startswith("D") else generator_path
     for step in checkpoint_steps(dir_path):
-        candidate = Path(dir_path) / f"{prefix}_{step}.pth"
+        candidate = path_of(dir_path, step)
         if candidate.is_file():
             return str(candidate)
     return None
@@ -46,7 +38,7 @@ def latest_checkpoint_path(dir_path: str | os.PathLike, regex: str = "G_*.pth") 
 
 def remove_stale_temp_files(model_dir: str | os.PathLike) -> list[str]:
     """Delete temporary files of checkpoints whose save was killed part-way."""
-    return remove_temp_files(Path(model_dir).glob(".[GD]_*.pth.*.tmp"))
+    return remove_temp_files(checkpoint_temp_files(model_dir))
 
 
 def clean_checkpoints(path_to_models: str | os.PathLike, n_ckpts_to_keep: int = 2) -> list[str]:
@@ -60,8 +52,8 @@ def clean_checkpoints(path_to_models: str | os.PathLike, n_ckpts_to_keep: int = 
     steps = [step for step in checkpoint_steps(path_to_models) if step != 0]
     removed = []
     for step in steps[n_ckpts_to_keep:]:
-        for prefix in ("G", "D"):
-            path = Path(path_to_models) / f"{prefix}_{step}.pth"
+        pair = (generator_path(path_to_models, step), discriminator_path(path_to_models, step))
+        for path in pair:
             if path.exists():
                 path.unlink()
                 removed.append(str(path))
@@ -96,7 +88,7 @@ def find_resume_point(model_dir: str | os.PathLike) -> ResumePoint | None:
     problems: list[str] = []
     interrupted_saves: list[str] = []
     for step in checkpoint_steps(directory):
-        g_path, d_path = directory / f"G_{step}.pth", directory / f"D_{step}.pth"
+        g_path, d_path = generator_path(directory, step), discriminator_path(directory, step)
         absent = [path.name for path in (g_path, d_path) if not path.is_file()]
         if absent:
             problems.append(f"{directory / absent[0]} is missing (its pair is incomplete)")

@@ -182,6 +182,11 @@ def key_specs(section: str | None = None) -> list[KeySpec]:
     return [k for k in SCHEMA if section is None or k.section == section]
 
 
+def default_value(section: str, name: str) -> Any:
+    """The schema's default of an optional key, for readers of a raw (unchecked) config."""
+    return copy.deepcopy(_SPEC_BY_KEY[(section, name)].default)
+
+
 # --------------------------------------------------------------------------- type checks
 
 
@@ -307,6 +312,33 @@ def _data_values(data: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _upsampling_values(model: Mapping[str, Any], data: Mapping[str, Any]) -> list[str]:
+    """The vocoder's upsampling: one kernel per rate, each at least its rate, product = hop."""
+    problems = []
+    rates, up_kernels = model.get("upsample_rates"), model.get("upsample_kernel_sizes")
+    rates_ok = _check_type("int_list", rates) is None
+    if rates_ok and _check_type("int_list", up_kernels) is None:
+        if len(rates) != len(up_kernels):
+            problems.append(
+                f"model.upsample_rates has {len(rates)} entries but model.upsample_kernel_sizes "
+                f"has {len(up_kernels)}; give one kernel per rate"
+            )
+        else:
+            for rate, kernel in zip(rates, up_kernels):
+                if kernel < rate:
+                    problems.append(
+                        f"model.upsample_kernel_sizes entry {kernel} is smaller than its "
+                        f"upsample rate {rate}; use a kernel of at least the rate (usually 2x)"
+                    )
+    hop = data.get("hop_length")
+    if rates_ok and _is_int(hop) and math.prod(rates) != hop:
+        problems.append(
+            f"data.hop_length {hop} is not the product of model.upsample_rates {rates} "
+            f"(= {math.prod(rates)}); make them agree"
+        )
+    return problems
+
+
 def _model_values(model: Mapping[str, Any], data: Mapping[str, Any]) -> list[str]:
     problems = _positive(
         model,
@@ -341,27 +373,7 @@ def _model_values(model: Mapping[str, Any], data: Mapping[str, Any]) -> list[str
             f"model.resblock_kernel_sizes has {len(kernels)} entries but "
             f"model.resblock_dilation_sizes has {len(dilations)}; give one dilation list per kernel"
         )
-    rates, up_kernels = model.get("upsample_rates"), model.get("upsample_kernel_sizes")
-    rates_ok = _check_type("int_list", rates) is None
-    if rates_ok and _check_type("int_list", up_kernels) is None:
-        if len(rates) != len(up_kernels):
-            problems.append(
-                f"model.upsample_rates has {len(rates)} entries but model.upsample_kernel_sizes "
-                f"has {len(up_kernels)}; give one kernel per rate"
-            )
-        else:
-            for rate, kernel in zip(rates, up_kernels):
-                if kernel < rate:
-                    problems.append(
-                        f"model.upsample_kernel_sizes entry {kernel} is smaller than its "
-                        f"upsample rate {rate}; use a kernel of at least the rate (usually 2x)"
-                    )
-    hop = data.get("hop_length")
-    if rates_ok and _is_int(hop) and math.prod(rates) != hop:
-        problems.append(
-            f"data.hop_length {hop} is not the product of model.upsample_rates {rates} "
-            f"(= {math.prod(rates)}); make them agree"
-        )
+    problems += _upsampling_values(model, data)
     vocoder = model.get("vocoder_name")
     if isinstance(vocoder, str) and components.vocoder_problem(vocoder):
         problems.append(components.vocoder_problem(vocoder))
@@ -416,6 +428,64 @@ def _spk_values(spk: Any, model: Mapping[str, Any]) -> tuple[list[str], list[str
 # --------------------------------------------------------------------------- public API
 
 
+def _fill_section(
+    section: str,
+    values: dict[str, Any],
+    source: str,
+    problems: list[str],
+    messages: list[str],
+) -> None:
+    """Fill one section's missing optional keys with their defaults (in place).
+
+    A missing required key or a value of the wrong type becomes a problem; a
+    defaulted upstream key a note, an unknown key a warning.
+    """
+    for spec in key_specs(section):
+        if spec.name not in values:
+            if spec.status == "ignored":
+                continue
+            if spec.required:
+                problems.append(
+                    f"{spec.dotted} is missing; add it ({spec.description} "
+                    "See configs_template/config_template.json.)"
+                )
+                continue
+            default = spec.default
+            values[spec.name] = copy.deepcopy(default)
+            if spec.status != "added":  # our optional keys are not news to anyone
+                messages.append(
+                    f"note: {source}: {spec.dotted} is missing; using the default {default!r}"
+                )
+            continue
+        expected = _check_type(spec.kind, values[spec.name])
+        if expected is not None:
+            problems.append(
+                f"{spec.dotted} is {_describe(values[spec.name])}; it must be {expected}"
+            )
+    for name in values:
+        if (section, name) not in _SPEC_BY_KEY:
+            messages.append(
+                f"warning: {source}: unknown key {section}.{name} is ignored (check its spelling)"
+            )
+
+
+def _well_typed(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per section, the known keys whose type is right.
+
+    Value checks only look at these, so a key is reported once.
+    """
+    typed: dict[str, dict[str, Any]] = {}
+    for name in ("train", "data", "model"):
+        section = config.get(name) if isinstance(config.get(name), dict) else {}
+        typed[name] = {
+            key: value
+            for key, value in section.items()
+            if (name, key) in _SPEC_BY_KEY
+            and _check_type(_SPEC_BY_KEY[(name, key)].kind, value) is None
+        }
+    return typed
+
+
 def validate_config(config: dict, source: str) -> tuple[dict, list[str]]:
     """Check a loaded config and fill in defaults.
 
@@ -440,51 +510,9 @@ def validate_config(config: dict, source: str) -> tuple[dict, list[str]]:
 
     for section in ("train", "data", "model"):
         values = filled.get(section)
-        if not isinstance(values, dict):
-            continue
-        for spec in key_specs(section):
-            if spec.name not in values:
-                if spec.status == "ignored":
-                    continue
-                if spec.required:
-                    problems.append(
-                        f"{spec.dotted} is missing; add it ({spec.description} "
-                        "See configs_template/config_template.json.)"
-                    )
-                    continue
-                default = spec.default
-                values[spec.name] = copy.deepcopy(default)
-                if spec.status != "added":  # our optional keys are not news to anyone
-                    messages.append(
-                        f"note: {source}: {spec.dotted} is missing; using the default {default!r}"
-                    )
-                continue
-            expected = _check_type(spec.kind, values[spec.name])
-            if expected is not None:
-                problems.append(
-                    f"{spec.dotted} is {_describe(values[spec.name])}; it must be {expected}"
-                )
-        for name in values:
-            if (section, name) not in _SPEC_BY_KEY:
-                messages.append(
-                    f"warning: {source}: unknown key {section}.{name} is ignored "
-                    "(check its spelling)"
-                )
-
-    train, data, model = (
-        filled.get(name) if isinstance(filled.get(name), dict) else {}
-        for name in ("train", "data", "model")
-    )
-    # Value checks only look at keys whose type is right, so a key is reported once.
-    typed = {
-        name: {
-            key: value
-            for key, value in section.items()
-            if (name, key) in _SPEC_BY_KEY
-            and _check_type(_SPEC_BY_KEY[(name, key)].kind, value) is None
-        }
-        for name, section in (("train", train), ("data", data), ("model", model))
-    }
+        if isinstance(values, dict):
+            _fill_section(section, values, source, problems, messages)
+    typed = _well_typed(filled)
     problems += _train_values(typed["train"], typed["data"])
     problems += _data_values(typed["data"])
     problems += _model_values(typed["model"], typed["data"])

@@ -2,9 +2,10 @@
 
 Upstream only notices a bad clip when the data loader reaches it, often hours
 into training, as an AssertionError or a KeyError from a worker process. This
-check reads every entry once before training starts, with the same rules the
-loader applies (see `data_utils.TextAudioSpeakerLoader.get_audio`), and reports
-every problem, one line each, naming the file and the fix.
+check reads every entry once before training starts and asks the verdict the
+loader and preprocessing ask (`feature_files.clip_verdict`), so a clip it passes
+never fails inside a data worker; it reports every problem, one line each,
+naming the file and the fix.
 
 It reads wav headers only (`soundfile.info`), and the feature files through the
 safe loaders, so a tampered `.f0.npy` or `.pt` is refused without running code.
@@ -43,7 +44,7 @@ def _settings(hps: Any) -> _Settings:
         hop_length=int(hps.data.hop_length),
         filter_length=int(hps.data.filter_length),
         ssl_dim=int(hps.model.ssl_dim),
-        vol_embedding=bool(hps.model.get("vol_embedding", False)),
+        vol_embedding=bool(hps.model.vol_embedding),
         speakers=frozenset(hps.spk.keys()),
     )
 
@@ -74,32 +75,25 @@ def _check_pitch(wav: str, problems: list[str]) -> int | None:
     return int(f0.shape[0])
 
 
-def _check_cached_spec(wav: str, settings: _Settings, frames: int | None) -> list[str]:
-    """A cached `X.spec.pt`, if present, must fit data.filter_length and the audio."""
+def _check_cached_spec(wav: str, settings: _Settings, problems: list[str]) -> int | None:
+    """Check a cached `X.spec.pt` if present (else the loader computes it); its frames."""
     path = ff.spec_path(wav)
     if not os.path.exists(path):
-        return []  # the loader computes it
+        return None
     try:
-        spec = ff.read_spec(path, settings.filter_length)
+        return int(ff.read_spec(path, settings.filter_length).shape[1])
     except UserError as error:
-        return [str(error)]
-    if frames is not None and abs(spec.shape[1] - frames) >= ff.STREAM_TOLERANCE_FRAMES:
-        return [
-            f"{path}: spectrogram has {spec.shape[1]} frames, the audio {frames}; delete it "
-            f"(the trainer recomputes it) or {RERUN_FEATURES}"
-        ]
-    return []
+        problems.append(str(error))
+        return None
 
 
-def _check_volume(wav: str, frames: int | None) -> list[str]:
-    path = ff.volume_path(wav)
+def _check_volume(wav: str, problems: list[str]) -> int | None:
+    """Check `X.wav.vol.npy`; return its frame count when usable."""
     try:
-        volume = ff.read_volume(path)
+        return int(ff.read_volume(ff.volume_path(wav)).shape[0])
     except UserError as error:
-        return [str(error)]
-    if frames is not None and volume.shape[0] < frames - ff.STREAM_TOLERANCE_FRAMES + 1:
-        return [f"{path}: volume has {volume.shape[0]} frames, expected {frames}; {RERUN_FEATURES}"]
-    return []
+        problems.append(str(error))
+        return None
 
 
 def check_item(wav: str, settings: _Settings) -> list[str]:
@@ -118,7 +112,7 @@ def check_item(wav: str, settings: _Settings) -> list[str]:
             f"resample.py) or remove it from the filelist ({RERUN_FILELISTS})"
         ]
     problems: list[str] = []
-    audio_frames: int | None = None
+    num_samples: int | None = None
     if info.samplerate != settings.sampling_rate:
         problems.append(
             f"{wav}: sample rate {info.samplerate} Hz, but data.sampling_rate is "
@@ -133,7 +127,7 @@ def check_item(wav: str, settings: _Settings) -> list[str]:
             f"{2 * settings.hop_length}); remove it from the filelist"
         )
     else:
-        audio_frames = ff.spec_frames(info.frames, settings.filter_length, settings.hop_length)
+        num_samples = int(info.frames)
 
     speaker = os.path.basename(os.path.dirname(wav))
     if speaker not in settings.speakers:
@@ -142,33 +136,18 @@ def check_item(wav: str, settings: _Settings) -> list[str]:
             f"(with an id below model.n_speakers) or {RERUN_FILELISTS}"
         )
 
-    content_frames = _check_content(wav, settings, problems)
-    pitch_frames = _check_pitch(wav, problems)
-    problems += _check_cached_spec(wav, settings, audio_frames)
-    if settings.vol_embedding:
-        problems += _check_volume(wav, audio_frames)
-
-    if (
-        audio_frames is not None
-        and pitch_frames is not None
-        and abs(pitch_frames - audio_frames) >= ff.STREAM_TOLERANCE_FRAMES
-    ):
-        problems.append(
-            f"{ff.pitch_path(wav)}: {pitch_frames} pitch frames, but the audio has {audio_frames} "
-            f"frames of data.hop_length {settings.hop_length}; the pitch was extracted "
-            f"with another hop or clip: {RERUN_FEATURES}"
+    frames = {
+        "content": _check_content(wav, settings, problems),
+        "pitch": _check_pitch(wav, problems),
+        "spec": _check_cached_spec(wav, settings, problems),
+        "volume": _check_volume(wav, problems) if settings.vol_embedding else None,
+    }
+    if num_samples is not None:
+        read = {stream: count for stream, count in frames.items() if count is not None}
+        verdict = ff.clip_verdict(
+            wav, num_samples, read, settings.sampling_rate, settings.hop_length
         )
-    if (
-        audio_frames is not None
-        and content_frames is not None
-        and not ff.content_belongs_to_clip(content_frames, info.frames, settings.sampling_rate)
-    ):
-        expected = ff.expected_content_frames(info.frames, settings.sampling_rate)
-        problems.append(
-            f"{ff.content_path(wav)}: {content_frames} content frames, expected about "
-            f"{expected:.0f} for {info.frames / info.samplerate:.2f} s of audio; the "
-            f"features belong to another clip: {RERUN_FEATURES}"
-        )
+        problems += verdict.values()
     return problems
 
 

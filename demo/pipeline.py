@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from checkpoint.names import GENERATOR_FILES, generator_steps, newest_generator
 from core.safe_io import atomic_write
 from demo.standin import ensure_standin, find_real_contentvec
 from demo.synth import build_singing_set
@@ -227,31 +228,21 @@ def extract_features(options: DemoOptions, encoder_path: Path, f0_predictor: str
 # --------------------------------------------------------------------------- steps 6-7
 
 
-def checkpoint_steps(model_dir: Path) -> list[int]:
-    """Steps of the `G_<step>.pth` files in `model_dir`, ascending."""
-    steps = []
-    for path in model_dir.glob("G_*.pth"):
-        suffix = path.stem[2:]
-        if suffix.isdigit():
-            steps.append(int(suffix))
-    return sorted(steps)
-
-
 def train(options: DemoOptions) -> Path:
     """Step 6: train.py up to `options.steps` (resuming from the newest checkpoint)."""
     model_dir = options.workspace / "logs" / MODEL_NAME
-    done = checkpoint_steps(model_dir)
-    start = f"resuming from step {done[-1]}" if done else "starting"
+    done = generator_steps(model_dir)
+    start = f"resuming from step {done[0]}" if done else "starting"
     _announce(f"6. train to step {options.steps} ({start})")
     run_command(
         "train.py",
         ["-c", CONFIG_PATH, "-m", MODEL_NAME, "--max_steps", str(options.steps)],
         options.workspace,
     )
-    steps = checkpoint_steps(model_dir)
-    if not steps:
-        raise DemoError(f"training wrote no G_<step>.pth into {model_dir}")
-    return model_dir / f"G_{steps[-1]}.pth"
+    newest = newest_generator(model_dir)
+    if newest is None:
+        raise DemoError(f"training wrote no {GENERATOR_FILES} into {model_dir}")
+    return newest
 
 
 def pick_source_clip(options: DemoOptions) -> tuple[Path, str, str]:

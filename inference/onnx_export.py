@@ -41,9 +41,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from checkpoint import load_generator
+from checkpoint import generator_hparams, load_generator, read_generator_file
 from core.errors import UserError
-from core.hparams import get_hparams_from_file
 from core.safe_io import atomic_write
 from models import SynthesizerTrn
 from modules.f0_utils import f0_to_coarse
@@ -248,18 +247,20 @@ def export_wrapper(wrapper: OnnxSynthesizer, onnx_path: str | os.PathLike) -> li
 
 def export_model(
     model_path: str | os.PathLike,
-    config_path: str | os.PathLike,
+    config_path: str | os.PathLike | None,
     onnx_path: str | os.PathLike,
     json_path: str | os.PathLike,
     name: str,
+    fallback_config: str | os.PathLike | None = None,
 ) -> ExportResult:
-    """Load `model_path` with `config_path`, write the ONNX model and its MoeVS description."""
-    if not Path(model_path).is_file():
-        raise UserError(f"{model_path}: model not found: pass a G_*.pth file with --model")
-    if not Path(config_path).is_file():
-        raise UserError(f"{config_path}: config not found: pass the model's config.json")
-    hps = get_hparams_from_file(config_path)
-    net_g = load_generator(model_path, hps, "cpu")
+    """Load `model_path`, write the ONNX model and its MoeVS description.
+
+    The config is `config_path` when given, else the one the file carries,
+    else `fallback_config` (upstream's checkpoints/NAME/config.json).
+    """
+    checkpoint = read_generator_file(model_path, "--model")
+    hps = generator_hparams(checkpoint, model_path, config_path, fallback_config, "--config")
+    net_g = load_generator(model_path, hps, "cpu", checkpoint)
     wrapper = OnnxSynthesizer(net_g, speakers_of(hps)).eval()
     names = export_wrapper(wrapper, onnx_path)
     description = moevs_description(name, hps, wrapper)

@@ -26,6 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,14 +36,12 @@ import torch
 from torch.nn import functional as F
 
 import cluster
-from checkpoint import load_generator
+from checkpoint import generator_hparams, load_generator, read_generator_file
 from cluster.feature_index import FeatureRetriever, load_feature_index
 from core.errors import UserError
-from core.hparams import get_hparams_from_file
 from feature_files import ENCODER_SAMPLING_RATE
 from inference import slicer
 from inference.spk_mix import build_mix_weights
-from models import SynthesizerTrn
 from modules.f0_utils import VolumeExtractor, repeat_expand_2d
 
 logger = logging.getLogger("so-vits-svc.inference")
@@ -98,6 +97,118 @@ def change_rms(
     return target * gain.to(target.dtype)
 
 
+@dataclass(frozen=True)
+class _Crossfade:
+    """How consecutive forced clips overlap, in samples at the output rate.
+
+    Measured at the output rate (upstream reuses the input-rate count, which
+    lengthens the output when the rates differ): `retained` samples are
+    crossfaded, `cut_left` and `cut_right` around them are dropped.
+    """
+
+    total: int
+    retained: int
+    cut_left: int
+    cut_right: int
+
+    @classmethod
+    def at_rate(cls, seconds: float, retain: float, rate: int) -> _Crossfade:
+        total = int(seconds * rate)
+        retained = int(total * retain)
+        cut_left = (total - retained) // 2
+        return cls(total, retained, cut_left, total - retained - cut_left)
+
+    def append(self, output: list[np.ndarray], piece: np.ndarray, fade_in: bool) -> None:
+        """Add `piece` to `output`, crossfaded into its end when `fade_in` and both are long
+        enough."""
+        fade = self.retained + self.cut_right
+        output_length = sum(len(part) for part in output)
+        can_fade = output_length >= fade and len(piece) >= self.cut_left + self.retained
+        if self.total and fade_in and can_fade:
+            joined = np.concatenate(output)
+            ramp = np.linspace(0, 1, self.retained, dtype=np.float32)
+            previous = joined[len(joined) - fade : len(joined) - self.cut_right]
+            current = piece[self.cut_left : self.cut_left + self.retained]
+            output[:] = [joined[: len(joined) - fade], previous * (1 - ramp) + current * ramp]
+            piece = piece[self.cut_left + self.retained :]
+        output.append(piece.astype(np.float32))
+
+
+@dataclass
+class _PieceConverter:
+    """Converts the pieces of one recording in order and collects the output."""
+
+    svc: Svc
+    target: Any
+    transpose: float
+    sampling_rate: int
+    pad_seconds: float
+    clip_samples: int  # 0: convert each voiced piece whole
+    overlap_samples: int
+    crossfade: _Crossfade
+    infer_options: dict[str, Any]
+    output: list[np.ndarray] = field(default_factory=list)
+    frame: int = 0  # the first frame of the next piece in the whole recording
+
+    def _output_length(self, samples: int) -> int:
+        return int(np.ceil(samples / self.sampling_rate * self.svc.target_sample))
+
+    def __call__(self, is_silence: bool, data: np.ndarray) -> None:
+        """Silence passes through as zeros; voiced audio is converted clip by clip."""
+        length = self._output_length(len(data))
+        if is_silence:
+            self.output.append(np.zeros(length, dtype=np.float32))
+            self.frame += length // self.svc.hop_size
+            return
+        clips = (
+            split_list_by_n(data, self.clip_samples, self.overlap_samples)
+            if self.clip_samples
+            else [data]
+        )
+        for clip_index, clip in enumerate(clips):
+            clip_length = self._output_length(len(clip)) if self.clip_samples else length
+            piece = pad_array(self._convert_clip(clip), clip_length)
+            self.crossfade.append(self.output, piece, fade_in=clip_index > 0)
+
+    def _convert_clip(self, clip: np.ndarray) -> np.ndarray:
+        """One clip padded with silence, converted at the model's rate, padding removed."""
+        pad_in = int(self.sampling_rate * self.pad_seconds)
+        padded = np.concatenate([np.zeros(pad_in, np.float32), clip, np.zeros(pad_in, np.float32)])
+        if self.sampling_rate != self.svc.target_sample:
+            padded = librosa.resample(
+                padded, orig_sr=self.sampling_rate, target_sr=self.svc.target_sample
+            )
+        converted, _, frames = self.svc.infer(
+            self.target, self.transpose, padded, frame=self.frame, **self.infer_options
+        )
+        self.frame += frames
+        piece = converted.cpu().numpy()
+        pad_out = int(self.svc.target_sample * self.pad_seconds)
+        return piece[pad_out : len(piece) - pad_out]
+
+    def run(
+        self,
+        pieces: list[tuple[bool, np.ndarray]],
+        total_samples: int,
+        progress: Callable[[float], None] | None,
+    ) -> np.ndarray:
+        """Convert every piece, telling `progress` the share of the input done before each."""
+        samples_done = 0
+        for is_silence, data in pieces:
+            if progress is not None:
+                progress(samples_done / max(total_samples, 1))
+            samples_done += len(data)
+            self(is_silence, data)
+        if progress is not None:
+            progress(1.0)
+        return self.result()
+
+    def result(self) -> np.ndarray:
+        if not self.output:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self.output).astype(np.float32)
+
+
 def _unsupported(option: str, what: str) -> UserError:
     return UserError(
         f"{option}: {what} needs a model this project does not provide; run without {option}"
@@ -110,7 +221,7 @@ class Svc:
     def __init__(
         self,
         net_g_path: str | os.PathLike,
-        config_path: str | os.PathLike,
+        config_path: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         cluster_model_path: str | os.PathLike | None = None,
         feature_retrieval: bool = False,
@@ -131,22 +242,23 @@ class Svc:
             device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.dev = self.device  # upstream's attribute name
-        self.hps_ms = get_hparams_from_file(config_path)
+        checkpoint = read_generator_file(self.net_g_path)
+        # The config: `config_path` when given, else the one the file carries.
+        self.hps_ms = generator_hparams(checkpoint, self.net_g_path, config_path)
         data, model_config = self.hps_ms.data, self.hps_ms.model
         self.target_sample = int(data.sampling_rate)
         self.hop_size = int(data.hop_length)
-        speakers = self.hps_ms.get("spk")
-        self.spk2id: dict[str, int] = (
-            {str(name): int(index) for name, index in speakers.items()} if speakers else {}
-        )
-        self.unit_interpolate_mode = data.get("unit_interpolate_mode") or "left"
-        self.vol_embedding = bool(model_config.get("vol_embedding") or False)
-        self.speech_encoder_name = model_config.get("speech_encoder") or "vec768l12"
+        self.spk2id: dict[str, int] = {
+            str(name): int(index) for name, index in self.hps_ms.spk.items()
+        }
+        self.unit_interpolate_mode = data.unit_interpolate_mode
+        self.vol_embedding = bool(model_config.vol_embedding)
+        self.speech_encoder_name = model_config.speech_encoder
         self.encoder_path = encoder_path
         self.f0_weights = f0_weights
         self.volume_extractor = VolumeExtractor(self.hop_size)
 
-        self.net_g_ms = self._load_generator()
+        self.net_g_ms = load_generator(self.net_g_path, self.hps_ms, self.device, checkpoint)
         self.dtype = next(self.net_g_ms.parameters()).dtype
         if spk_mix_enable:
             self.net_g_ms.EnableCharacterMix(len(self.spk2id), self.device)
@@ -159,27 +271,21 @@ class Svc:
         self.cluster_model: cluster.ClusterModel | None = None
         self.retriever: FeatureRetriever | None = None
         if cluster_model_path:
-            if feature_retrieval:
-                self.retriever = FeatureRetriever(
-                    load_feature_index(cluster_model_path, trust_pickle=trust_pickle)
-                )
-            else:
-                if not Path(cluster_model_path).is_file():
-                    raise UserError(
-                        f"{cluster_model_path}: cluster model not found: train it with "
-                        "cluster/train_cluster.py, or pass -cr 0"
-                    )
-                self.cluster_model = cluster.get_cluster_model(
-                    cluster_model_path, trust_pickle=trust_pickle
-                )
+            self._load_blending(cluster_model_path, trust_pickle)
+
+    def _load_blending(self, path: str | os.PathLike, trust_pickle: bool) -> None:
+        """The feature index (with feature retrieval) or the cluster model at `path`."""
+        if self.feature_retrieval:
+            self.retriever = FeatureRetriever(load_feature_index(path, trust_pickle=trust_pickle))
+            return
+        if not Path(path).is_file():
+            raise UserError(
+                f"{path}: cluster model not found: train it with "
+                "cluster/train_cluster.py, or pass -cr 0"
+            )
+        self.cluster_model = cluster.get_cluster_model(path, trust_pickle=trust_pickle)
 
     # ------------------------------------------------------------------ loading
-
-    def _load_generator(self) -> SynthesizerTrn:
-        """The generator of the config with the checkpoint's weights (see `load_generator`)."""
-        if not Path(self.net_g_path).is_file():
-            raise UserError(f"{self.net_g_path}: model not found: pass a G_*.pth file with -m")
-        return load_generator(self.net_g_path, self.hps_ms, self.device)
 
     @property
     def speech_encoder(self) -> Any:
@@ -405,6 +511,16 @@ class Svc:
         total += len(pieces)
         return build_mix_weights(spk_mix_map, self.spk2id, total, self.device)
 
+    def _check_speaker(self, speaker: Any, use_spk_mix: bool) -> tuple[Any, bool]:
+        """A timeline goes with a speaker mix, a speaker without; one speaker needs no mix."""
+        if use_spk_mix and len(self.spk2id) == 1:
+            speaker, use_spk_mix = next(iter(self.spk2id)), False
+        if use_spk_mix and not isinstance(speaker, Mapping):
+            raise UserError("speaker mix needs a timeline (spkmix.py), not a single speaker")
+        if not use_spk_mix and isinstance(speaker, Mapping):
+            raise UserError("a speaker-mix timeline needs use_spk_mix (-usm)")
+        return speaker, use_spk_mix
+
     def convert_array(
         self,
         audio: np.ndarray,
@@ -434,92 +550,34 @@ class Svc:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim == 2:  # (samples, channels)
             audio = audio.mean(axis=1)
-        if use_spk_mix and len(self.spk2id) == 1:
-            speaker, use_spk_mix = next(iter(self.spk2id)), False
-        if use_spk_mix and not isinstance(speaker, Mapping):
-            raise UserError("speaker mix needs a timeline (spkmix.py), not a single speaker")
+        speaker, use_spk_mix = self._check_speaker(speaker, use_spk_mix)
         chunks = slicer.slice_waveform(audio, sampling_rate, db_thresh=slice_db)
         pieces = slicer.split_chunks(audio, chunks)
         per_size = int(clip_seconds * sampling_rate)
         lg_size = int(linear_gradient * sampling_rate)
-        # Crossfades are measured at the output rate (upstream reuses the input-rate
-        # count, which lengthens the output when the rates differ).
-        lg_out = int(linear_gradient * self.target_sample)
-        lg_retained = int(lg_out * linear_gradient_retain)
-        lg_cut_left = (lg_out - lg_retained) // 2
-        lg_cut_right = lg_out - lg_retained - lg_cut_left
-        ramp = np.linspace(0, 1, lg_retained, dtype=np.float32)
-
         target: Any = speaker
         if use_spk_mix:
             target = self._mix_timeline(
                 speaker, pieces, sampling_rate, per_size, lg_size, pad_seconds
             )
-        elif isinstance(speaker, Mapping):
-            raise UserError("a speaker-mix timeline needs use_spk_mix (-usm)")
-
-        output: list[np.ndarray] = []
-        output_length = 0
-        global_frame = 0
-        samples_done = 0
-        for is_silence, data in pieces:
-            if progress is not None:
-                progress(samples_done / max(len(audio), 1))
-            samples_done += len(data)
-            length = int(np.ceil(len(data) / sampling_rate * self.target_sample))
-            if is_silence:
-                output.append(np.zeros(length, dtype=np.float32))
-                output_length += length
-                global_frame += length // self.hop_size
-                continue
-            clips = split_list_by_n(data, per_size, lg_size) if per_size else [data]
-            for clip_index, clip in enumerate(clips):
-                per_length = (
-                    int(np.ceil(len(clip) / sampling_rate * self.target_sample))
-                    if clip_seconds
-                    else length
-                )
-                pad_in = int(sampling_rate * pad_seconds)
-                padded = np.concatenate(
-                    [np.zeros(pad_in, np.float32), clip, np.zeros(pad_in, np.float32)]
-                )
-                if sampling_rate != self.target_sample:
-                    padded = librosa.resample(
-                        padded, orig_sr=sampling_rate, target_sr=self.target_sample
-                    )
-                converted, _, frames = self.infer(
-                    target,
-                    transpose,
-                    padded,
-                    cluster_infer_ratio=cluster_infer_ratio,
-                    auto_predict_f0=auto_predict_f0,
-                    noice_scale=noise_scale,
-                    f0_predictor=f0_predictor,
-                    cr_threshold=cr_threshold,
-                    frame=global_frame,
-                    spk_mix=use_spk_mix,
-                    loudness_envelope_adjustment=loudness_envelope_adjustment,
-                )
-                global_frame += frames
-                piece = converted.cpu().numpy()
-                pad_out = int(self.target_sample * pad_seconds)
-                piece = pad_array(piece[pad_out : len(piece) - pad_out], per_length)
-                fade = lg_retained + lg_cut_right
-                can_fade = output_length >= fade and len(piece) >= lg_cut_left + lg_retained
-                if lg_out and clip_index and can_fade:
-                    joined = np.concatenate(output)
-                    previous = joined[len(joined) - fade : len(joined) - lg_cut_right]
-                    current = piece[lg_cut_left : lg_cut_left + lg_retained]
-                    output = [joined[: len(joined) - fade], previous * (1 - ramp) + current * ramp]
-                    output_length = len(joined) - fade + lg_retained
-                    piece = piece[lg_cut_left + lg_retained :]
-                output.append(piece.astype(np.float32))
-                output_length += len(piece)
-        if progress is not None:
-            progress(1.0)
-        if not output:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate(output).astype(np.float32)
+        convert = _PieceConverter(
+            svc=self,
+            target=target,
+            transpose=transpose,
+            sampling_rate=sampling_rate,
+            pad_seconds=pad_seconds,
+            clip_samples=per_size,
+            overlap_samples=lg_size,
+            crossfade=_Crossfade.at_rate(
+                linear_gradient, linear_gradient_retain, self.target_sample
+            ),
+            infer_options=dict(
+                cluster_infer_ratio=cluster_infer_ratio, auto_predict_f0=auto_predict_f0,
+                noice_scale=noise_scale, f0_predictor=f0_predictor, cr_threshold=cr_threshold,
+                spk_mix=use_spk_mix, loudness_envelope_adjustment=loudness_envelope_adjustment,
+            ),
+        )
+        return convert.run(pieces, len(audio), progress)
 
     def slice_inference(
         self,

@@ -26,14 +26,15 @@ import librosa
 import numpy as np
 import soundfile
 
+from checkpoint.names import GENERATOR_FILES, newest_generator
 from core.errors import UserError
 from core.safe_io import atomic_write
 
 logger = logging.getLogger("so-vits-svc.webui")
 
 NO_MODEL = (
-    "no model loaded: pick a model folder (logs/<name>) or upload a G_*.pth and its "
-    "config.json, then press Load model"
+    f"no model loaded: pick a model folder (logs/<name>) or upload a {GENERATOR_FILES} "
+    "(and its config.json if the file carries none), then press Load model"
 )
 NO_AUDIO = "no input audio: upload a file or record one, then press Convert"
 
@@ -43,7 +44,7 @@ class ModelChoice:
     """The files one loaded model is made of; equal choices share one loaded `Svc`."""
 
     model_path: str
-    config_path: str
+    config_path: str | None  # None: the one the model file carries
     cluster_path: str | None = None
     feature_retrieval: bool = False
 
@@ -62,34 +63,33 @@ class ConvertSettings:
     cluster_ratio: float = 0
 
 
-def _step(path: Path) -> int:
-    match = re.fullmatch(r"G_(\d+)\.pth", path.name)
-    return int(match.group(1)) if match else -1
-
-
-def newest_generator(folder: str | os.PathLike) -> tuple[Path, Path]:
-    """The newest G_<step>.pth of a model folder and the folder's config.json."""
+def folder_model(folder: str | os.PathLike) -> tuple[Path, Path]:
+    """The newest generator of a model folder and the folder's config.json."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: model folder not found: pick one under logs/")
-    generators = sorted((p for p in folder.glob("G_*.pth") if _step(p) >= 0), key=_step)
-    if not generators:
-        raise UserError(f"{folder}: no G_*.pth in this folder: train a model or upload one")
+    newest = newest_generator(folder)
+    if newest is None:
+        raise UserError(
+            f"{folder}: no {GENERATOR_FILES} in this folder: train a model or upload one"
+        )
     config = folder / "config.json"
     if not config.is_file():
         raise UserError(f"{config}: not found: the model folder needs its config.json")
-    return generators[-1], config
+    return newest, config
 
 
 def model_folders(logs_dir: str | os.PathLike) -> list[str]:
-    """Folders under `logs_dir` holding a G_*.pth and a config.json, sorted by name."""
+    """Folders under `logs_dir` holding a generator and a config.json, sorted by name."""
     logs_dir = Path(logs_dir)
     if not logs_dir.is_dir():
         return []
     return sorted(
         str(folder)
         for folder in logs_dir.iterdir()
-        if folder.is_dir() and (folder / "config.json").is_file() and any(folder.glob("G_*.pth"))
+        if folder.is_dir()
+        and (folder / "config.json").is_file()
+        and newest_generator(folder) is not None
     )
 
 
@@ -100,17 +100,22 @@ def resolve_choice(
     cluster_path: str | None = None,
     feature_retrieval: bool = False,
 ) -> ModelChoice:
-    """Uploaded files win over the folder; both files are needed when uploading."""
+    """Uploaded files win over the folder; an uploaded model may carry its own config."""
     if uploaded_model or uploaded_config:
-        if not (uploaded_model and uploaded_config):
-            missing = "config.json" if uploaded_model else "G_*.pth"
-            raise UserError(f"upload the {missing} too: a model needs both files")
-        model, config = Path(uploaded_model), Path(uploaded_config)
+        if not uploaded_model:
+            raise UserError(f"upload the {GENERATOR_FILES} too: a config alone is no model")
+        model = Path(uploaded_model)
+        config = Path(uploaded_config) if uploaded_config else None
     elif folder:
-        model, config = newest_generator(folder)
+        model, config = folder_model(folder)
     else:
         raise UserError(NO_MODEL)
-    return ModelChoice(str(model), str(config), cluster_path or None, bool(feature_retrieval))
+    return ModelChoice(
+        str(model),
+        None if config is None else str(config),
+        cluster_path or None,
+        bool(feature_retrieval),
+    )
 
 
 class ModelCache:

@@ -15,6 +15,7 @@ from typing import Any
 
 import gradio as gr
 
+from checkpoint.names import GENERATOR_FILES
 from core.components import F0_PREDICTORS
 from inference.webui_app import (
     ConvertSettings,
@@ -29,19 +30,25 @@ from inference.webui_app import (
 TITLE = "so-vits-svc 4.1: singing voice conversion"
 
 
-def build_page(cache: ModelCache, logs_dir: str | os.PathLike, out_dir: str | None = None) -> Any:
-    """The gr.Blocks page; `out_dir` receives the converted files (default: a temp folder)."""
-    results = Path(out_dir or tempfile.mkdtemp(prefix="so-vits-svc-webui-"))
+class _Actions:
+    """What the page's buttons do: load a model, convert an input (errors become a status)."""
 
-    def folder_choices() -> list[tuple[str, str]]:
+    def __init__(self, cache: ModelCache, logs_dir: str | os.PathLike, results: Path) -> None:
+        self.cache = cache
+        self.logs_dir = logs_dir
+        self.results = results
+
+    def folder_choices(self) -> list[tuple[str, str]]:
         # Shown as logs/<name>, sent as the full path.
-        return [(f"{Path(f).parent.name}/{Path(f).name}", f) for f in model_folders(logs_dir)]
+        return [
+            (f"{Path(f).parent.name}/{Path(f).name}", f) for f in model_folders(self.logs_dir)
+        ]
 
-    def load(folder: str | None, model_file: str | None, config_file: str | None,
+    def load(self, folder: str | None, model_file: str | None, config_file: str | None,
              cluster_file: str | None, retrieval: bool) -> tuple[str, Any]:
         try:
             choice = resolve_choice(folder, model_file, config_file, cluster_file, retrieval)
-            svc = cache.get(choice)
+            svc = self.cache.get(choice)
         except Exception as error:  # shown in the page; the server keeps serving
             return error_message(error), gr.update()
         names = speakers(svc)
@@ -51,7 +58,7 @@ def build_page(cache: ModelCache, logs_dir: str | os.PathLike, out_dir: str | No
         )
         return status, gr.update(choices=names, value=names[0])
 
-    def convert(folder: str | None, model_file: str | None, config_file: str | None,
+    def convert(self, folder: str | None, model_file: str | None, config_file: str | None,
                 cluster_file: str | None, retrieval: bool, cluster_ratio: float,
                 speaker: str | None, transpose: float, auto_f0: bool, f0_predictor: str,
                 noise_scale: float, slice_db: float, pad_seconds: float,
@@ -59,7 +66,7 @@ def build_page(cache: ModelCache, logs_dir: str | os.PathLike, out_dir: str | No
                 progress: Any = gr.Progress()) -> tuple[Any, Any, str]:  # noqa: B008
         # (gradio finds the progress bar by this default value)
         try:
-            svc = cache.get(
+            svc = self.cache.get(
                 resolve_choice(folder, model_file, config_file, cluster_file, retrieval)
             )
             settings = ConvertSettings(
@@ -74,7 +81,7 @@ def build_page(cache: ModelCache, logs_dir: str | os.PathLike, out_dir: str | No
             )
             progress(0, desc="converting")
             out_path, rate, length = convert_file(
-                svc, audio_file or recording, settings, results,
+                svc, audio_file or recording, settings, self.results,
                 progress=lambda share: progress(share, desc="converting"),
             )
         except Exception as error:  # shown in the page; the server keeps serving
@@ -85,70 +92,96 @@ def build_page(cache: ModelCache, logs_dir: str | os.PathLike, out_dir: str | No
         )
         return str(out_path), str(out_path), status
 
+
+def _model_controls(folders: list[tuple[str, str]]) -> dict[str, Any]:
+    """The model column: a folder or uploaded files, an optional cluster model, Load."""
+    gr.Markdown("### Model")
+    controls: dict[str, Any] = {}
+    controls["folder"] = gr.Dropdown(
+        choices=folders, value=folders[0][1] if folders else None,
+        label=f"Model folder (newest {GENERATOR_FILES} and its config.json)",
+        allow_custom_value=True, elem_id="model_folder",
+    )
+    controls["refresh"] = gr.Button("Refresh folders", size="sm")
+    with gr.Accordion("...or upload a model file", open=False):
+        controls["model_file"] = gr.File(label=GENERATOR_FILES, file_types=[".pth"],
+                                         elem_id="model_file")
+        controls["config_file"] = gr.File(
+            label="config.json (only for files without one, e.g. upstream's)",
+            file_types=[".json"], elem_id="config_file",
+        )
+    with gr.Accordion("Cluster model or feature index (optional)", open=False):
+        controls["cluster_file"] = gr.File(label="kmeans_10000.pt or feature_and_index.pkl",
+                                           elem_id="cluster_file")
+        controls["retrieval"] = gr.Checkbox(label="The file is a feature index (retrieval)")
+        controls["cluster_ratio"] = gr.Slider(0, 1, value=0, step=0.05,
+                                              label="Cluster / index ratio (0: off)")
+    controls["load"] = gr.Button("Load model", elem_id="load_model")
+    controls["model_status"] = gr.Textbox(label="Model status", interactive=False,
+                                          elem_id="model_status")
+    return controls
+
+
+def _conversion_controls() -> list[Any]:
+    """The conversion column, in the order `_Actions.convert` takes its settings."""
+    gr.Markdown("### Conversion")
+    return [
+        gr.Dropdown(choices=[], label="Speaker", allow_custom_value=True, elem_id="speaker"),
+        gr.Slider(-24, 24, value=0, step=1, label="Transpose (semitones)"),
+        gr.Checkbox(label="Auto-predict f0 (speech only: songs go off key)"),
+        gr.Dropdown(choices=list(F0_PREDICTORS), value="pm", label="F0 predictor"),
+        gr.Slider(0, 1, value=0.4, step=0.01, label="Noise scale"),
+        gr.Slider(-100, 0, value=-40, step=1, label="Slicing threshold (dB)"),
+        gr.Slider(0, 2, value=0.5, step=0.05, label="Pad seconds"),
+    ]
+
+
+def _audio_controls() -> tuple[list[Any], Any, list[Any]]:
+    """The input (file or recording), the Convert button and the outputs."""
+    with gr.Column():
+        # A plain file upload, so a file that is not audio reaches the server and
+        # gets a message (gr.Audio's own upload silently drops such files).
+        inputs = [
+            gr.File(label="Input audio file (wav, flac, ogg, mp3)", elem_id="input_file"),
+            gr.Audio(sources=["microphone"], type="filepath", label="...or record",
+                     elem_id="input_recording"),
+        ]
+        convert_button = gr.Button("Convert", variant="primary", elem_id="convert")
+    with gr.Column():
+        outputs = [
+            gr.Audio(type="filepath", label="Converted", interactive=False,
+                     buttons=["download"], elem_id="result_audio"),
+            gr.File(label="Download", interactive=False, elem_id="result_file"),
+            gr.Textbox(label="Status", interactive=False, elem_id="status"),
+        ]
+    return inputs, convert_button, outputs
+
+
+def build_page(cache: ModelCache, logs_dir: str | os.PathLike, out_dir: str | None = None) -> Any:
+    """The gr.Blocks page; `out_dir` receives the converted files (default: a temp folder)."""
+    results = Path(out_dir or tempfile.mkdtemp(prefix="so-vits-svc-webui-"))
+    actions = _Actions(cache, logs_dir, results)
     with gr.Blocks(title=TITLE) as page:
         gr.Markdown(f"## {TITLE}")
         with gr.Row():
             with gr.Column():
-                gr.Markdown("### Model")
-                folders = folder_choices()
-                folder = gr.Dropdown(
-                    choices=folders, value=folders[0][1] if folders else None,
-                    label="Model folder (newest G_*.pth and its config.json)",
-                    allow_custom_value=True, elem_id="model_folder",
-                )
-                refresh = gr.Button("Refresh folders", size="sm")
-                with gr.Accordion("...or upload the two files", open=False):
-                    model_file = gr.File(label="G_*.pth", file_types=[".pth"],
-                                         elem_id="model_file")
-                    config_file = gr.File(label="config.json", file_types=[".json"],
-                                          elem_id="config_file")
-                with gr.Accordion("Cluster model or feature index (optional)", open=False):
-                    cluster_file = gr.File(label="kmeans_10000.pt or feature_and_index.pkl",
-                                           elem_id="cluster_file")
-                    retrieval = gr.Checkbox(label="The file is a feature index (retrieval)")
-                    cluster_ratio = gr.Slider(0, 1, value=0, step=0.05,
-                                              label="Cluster / index ratio (0: off)")
-                load_button = gr.Button("Load model", elem_id="load_model")
-                model_status = gr.Textbox(label="Model status", interactive=False,
-                                          elem_id="model_status")
+                model = _model_controls(actions.folder_choices())
             with gr.Column():
-                gr.Markdown("### Conversion")
-                speaker = gr.Dropdown(choices=[], label="Speaker", allow_custom_value=True,
-                                      elem_id="speaker")
-                transpose = gr.Slider(-24, 24, value=0, step=1,
-                                      label="Transpose (semitones)")
-                auto_f0 = gr.Checkbox(
-                    label="Auto-predict f0 (speech only: songs go off key)")
-                f0_predictor = gr.Dropdown(choices=list(F0_PREDICTORS), value="pm",
-                                           label="F0 predictor")
-                noise_scale = gr.Slider(0, 1, value=0.4, step=0.01, label="Noise scale")
-                slice_db = gr.Slider(-100, 0, value=-40, step=1,
-                                     label="Slicing threshold (dB)")
-                pad_seconds = gr.Slider(0, 2, value=0.5, step=0.05,
-                                        label="Pad seconds")
+                conversion = _conversion_controls()
         with gr.Row():
-            with gr.Column():
-                # A plain file upload, so a file that is not audio reaches the server and
-                # gets a message (gr.Audio's own upload silently drops such files).
-                source_file = gr.File(label="Input audio file (wav, flac, ogg, mp3)",
-                                      elem_id="input_file")
-                recording = gr.Audio(sources=["microphone"], type="filepath",
-                                     label="...or record", elem_id="input_recording")
-                convert_button = gr.Button("Convert", variant="primary", elem_id="convert")
-            with gr.Column():
-                result_audio = gr.Audio(type="filepath", label="Converted", interactive=False,
-                                        buttons=["download"], elem_id="result_audio")
-                result_file = gr.File(label="Download", interactive=False,
-                                      elem_id="result_file")
-                status = gr.Textbox(label="Status", interactive=False, elem_id="status")
+            audio_inputs, convert_button, outputs = _audio_controls()
 
-        refresh.click(lambda: gr.update(choices=folder_choices()), outputs=folder)
-        model_inputs = [folder, model_file, config_file, cluster_file, retrieval]
-        load_button.click(load, inputs=model_inputs, outputs=[model_status, speaker])
+        model["refresh"].click(
+            lambda: gr.update(choices=actions.folder_choices()), outputs=model["folder"]
+        )
+        model_inputs = [model[name] for name in
+                        ("folder", "model_file", "config_file", "cluster_file", "retrieval")]
+        model["load"].click(
+            actions.load, inputs=model_inputs, outputs=[model["model_status"], conversion[0]]
+        )
         convert_button.click(
-            convert,
-            inputs=[*model_inputs, cluster_ratio, speaker, transpose, auto_f0, f0_predictor,
-                    noise_scale, slice_db, pad_seconds, source_file, recording],
-            outputs=[result_audio, result_file, status],
+            actions.convert,
+            inputs=[*model_inputs, model["cluster_ratio"], *conversion, *audio_inputs],
+            outputs=outputs,
         )
     return page

@@ -1,6 +1,8 @@
-"""Convolutional building blocks: the WaveNet stack and the flow's coupling layers."""
+"""Convolutional building blocks: the WaveNet stack and the flow's coupling layer."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -147,14 +149,85 @@ class Flip(nn.Module):
         return x, torch.zeros(x.size(0), dtype=x.dtype, device=x.device)
 
 
-class _CouplingBase(nn.Module):
-    """Affine coupling: half the channels predict a shift (and scale) for the other half."""
+COUPLING_KINDS = ("residual", "transformer")
 
-    half_channels: int
-    mean_only: bool
-    pre: nn.Conv1d
-    enc: nn.Module
-    post: nn.Conv1d
+
+def coupling_encoder(
+    kind: str,
+    hidden_channels: int,
+    kernel_size: int,
+    n_layers: int,
+    gin_channels: int = 0,
+    dilation_rate: int = 1,
+    p_dropout: float = 0.0,
+    filter_channels: int = 0,
+    n_heads: int = 0,
+    use_depthwise_conv: bool = False,
+) -> nn.Module:
+    """What predicts the shift in a coupling layer: a WaveNet stack (`residual`, as in
+    VITS) or a conditioned causal transformer (`transformer`, 4.1's transformer flow)."""
+    if kind == "residual":
+        return WN(
+            hidden_channels,
+            kernel_size,
+            dilation_rate,
+            n_layers,
+            p_dropout=p_dropout,
+            gin_channels=gin_channels,
+            use_depthwise_conv=use_depthwise_conv,
+        )
+    if kind == "transformer":
+        return attentions.FFT(
+            hidden_channels,
+            filter_channels,
+            n_heads,
+            n_layers,
+            kernel_size,
+            p_dropout,
+            isflow=True,
+            gin_channels=gin_channels,
+        )
+    raise ValueError(f"coupling kind {kind!r} is not one of {COUPLING_KINDS}")
+
+
+class CouplingLayer(nn.Module):
+    """Affine coupling: half the channels predict a shift (and scale) for the other half.
+
+    `kind` chooses the stack that predicts them (`coupling_encoder`, built
+    with `encoder_options`) unless the flow passes one `shared_encoder` for
+    all its layers. Upstream's two coupling layer classes differ only in that
+    stack; their state-dict keys (`pre`, `enc`, `post`) and initialisation
+    order are these.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        channels: int,
+        hidden_channels: int,
+        kernel_size: int,
+        n_layers: int,
+        gin_channels: int = 0,
+        mean_only: bool = False,
+        shared_encoder: nn.Module | None = None,
+        **encoder_options: Any,
+    ) -> None:
+        if channels % 2 != 0:
+            raise ValueError("coupling channels must be even")
+        super().__init__()
+        self.channels = channels
+        self.half_channels = channels // 2
+        self.mean_only = mean_only
+        self.pre = nn.Conv1d(self.half_channels, hidden_channels, 1)
+        if shared_encoder is None:
+            shared_encoder = coupling_encoder(
+                kind, hidden_channels, kernel_size, n_layers, gin_channels, **encoder_options
+            )
+        self.enc = shared_encoder
+        self.post = nn.Conv1d(hidden_channels, self.half_channels * (2 - mean_only), 1)
+        # Start as the identity map, as in VITS.
+        self.post.weight.data.zero_()
+        self.post.bias.data.zero_()
 
     def forward(
         self,
@@ -177,87 +250,3 @@ class _CouplingBase(nn.Module):
             return torch.cat([x0, x1], 1), torch.sum(logs, [1, 2])
         x1 = (x1 - m) * torch.exp(-logs) * x_mask
         return torch.cat([x0, x1], 1)
-
-    def _zero_post(self) -> None:
-        # Start as the identity map, as in VITS.
-        self.post.weight.data.zero_()
-        self.post.bias.data.zero_()
-
-
-class ResidualCouplingLayer(_CouplingBase):
-    """Coupling layer whose shift comes from a WaveNet stack (optionally shared)."""
-
-    def __init__(
-        self,
-        channels: int,
-        hidden_channels: int,
-        kernel_size: int,
-        dilation_rate: int,
-        n_layers: int,
-        p_dropout: float = 0.0,
-        gin_channels: int = 0,
-        mean_only: bool = False,
-        wn_sharing_parameter: nn.Module | None = None,
-        use_depthwise_conv: bool = False,
-    ) -> None:
-        if channels % 2 != 0:
-            raise ValueError("coupling channels must be even")
-        super().__init__()
-        self.channels = channels
-        self.half_channels = channels // 2
-        self.mean_only = mean_only
-        self.pre = nn.Conv1d(self.half_channels, hidden_channels, 1)
-        if wn_sharing_parameter is None:
-            self.enc = WN(
-                hidden_channels,
-                kernel_size,
-                dilation_rate,
-                n_layers,
-                p_dropout=p_dropout,
-                gin_channels=gin_channels,
-                use_depthwise_conv=use_depthwise_conv,
-            )
-        else:
-            self.enc = wn_sharing_parameter
-        self.post = nn.Conv1d(hidden_channels, self.half_channels * (2 - mean_only), 1)
-        self._zero_post()
-
-
-class TransformerCouplingLayer(_CouplingBase):
-    """Coupling layer whose shift comes from a conditioned causal transformer (FFT)."""
-
-    def __init__(
-        self,
-        channels: int,
-        hidden_channels: int,
-        kernel_size: int,
-        n_layers: int,
-        n_heads: int,
-        p_dropout: float = 0.0,
-        filter_channels: int = 0,
-        mean_only: bool = False,
-        wn_sharing_parameter: nn.Module | None = None,
-        gin_channels: int = 0,
-    ) -> None:
-        if channels % 2 != 0:
-            raise ValueError("coupling channels must be even")
-        super().__init__()
-        self.channels = channels
-        self.half_channels = channels // 2
-        self.mean_only = mean_only
-        self.pre = nn.Conv1d(self.half_channels, hidden_channels, 1)
-        if wn_sharing_parameter is None:
-            self.enc = attentions.FFT(
-                hidden_channels,
-                filter_channels,
-                n_heads,
-                n_layers,
-                kernel_size,
-                p_dropout,
-                isflow=True,
-                gin_channels=gin_channels,
-            )
-        else:
-            self.enc = wn_sharing_parameter
-        self.post = nn.Conv1d(hidden_channels, self.half_channels * (2 - mean_only), 1)
-        self._zero_post()

@@ -33,6 +33,7 @@ import torch
 
 import feature_files as ff
 from core.components import require_f0_predictor
+from core.config_schema import default_value
 from core.errors import UserError
 from preprocessing.runner import ItemResult, RunSummary, run_parallel
 
@@ -134,7 +135,7 @@ def load_settings(
         win_length=values["win_length"],
         ssl_dim=ssl_dim,
         speech_encoder=str(_require(model, "model", "speech_encoder", config_path)),
-        vol_embedding=bool(model.get("vol_embedding", False)),
+        vol_embedding=bool(model.get("vol_embedding", default_value("model", "vol_embedding"))),
         f0_predictor=f0_predictor,
         encoder_path=encoder_path,
         device=str(device),
@@ -159,45 +160,45 @@ def _require_vocoder_fits(
 # --------------------------------------------------------------------------- expected shapes
 
 
-def _check_soft(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
-    """None when the stored content features fit; otherwise why they must be recomputed."""
+# Each reader returns the frames of a stored file, raising `FeatureFileError`
+# when it cannot be used at all; `clip_verdict` then judges the frame counts.
+
+
+def _soft_frames(path: str, settings: FeatureSettings) -> int:
     content = ff.read_content(path, settings.ssl_dim)
-    expected = ff.expected_content_frames(num_samples, settings.sampling_rate)
-    if abs(content.shape[1] - expected) > ff.CONTENT_TOLERANCE_FRAMES:
-        return f"{content.shape[1]} frames, expected about {expected:.0f}"
     if not torch.isfinite(content).all():
-        return "non-finite values"
-    return None
+        raise ff.FeatureFileError(f"{path}: non-finite values")
+    return int(content.shape[1])
 
 
-def _check_f0(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
+def _f0_frames(path: str, settings: FeatureSettings) -> int:
     f0, uv = ff.read_pitch(path)
-    expected = ff.pitch_frames(num_samples, settings.hop_length)
-    if abs(len(f0) - expected) > ff.PITCH_TOLERANCE_FRAMES:
-        return f"{len(f0)} pitch frames, expected {expected}"
     if not (np.all(np.isfinite(f0)) and np.all(np.isfinite(uv))):
-        return "non-finite values"
-    return None
+        raise ff.FeatureFileError(f"{path}: non-finite values")
+    return int(f0.shape[0])
 
 
-def _check_spec(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
+def _spec_frames(path: str, settings: FeatureSettings) -> int:
     spec = ff.read_spec(path, settings.filter_length)
-    frames = ff.spec_frames(num_samples, settings.filter_length, settings.hop_length)
-    if spec.shape[1] != frames:
-        return f"{spec.shape[1]} frames, expected {frames}"
     if not torch.isfinite(spec).all():
-        return "non-finite values"
-    return None
+        raise ff.FeatureFileError(f"{path}: non-finite values")
+    return int(spec.shape[1])
 
 
-def _check_vol(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
+def _vol_frames(path: str, settings: FeatureSettings) -> int:
     volume = ff.read_volume(path)
-    expected = ff.pitch_frames(num_samples, settings.hop_length)
-    if abs(volume.shape[0] - expected) > ff.PITCH_TOLERANCE_FRAMES:
-        return f"{volume.shape[0]} frames, expected {expected}"
     if not np.all(np.isfinite(volume)):
-        return "non-finite values"
-    return None
+        raise ff.FeatureFileError(f"{path}: non-finite values")
+    return int(volume.shape[0])
+
+
+# Output name -> (the stream `clip_verdict` calls it, its path, its reader).
+_OUTPUTS = {
+    "soft": ("content", ff.content_path, _soft_frames),
+    "f0": ("pitch", ff.pitch_path, _f0_frames),
+    "spec": ("spec", ff.spec_path, _spec_frames),
+    "vol": ("volume", ff.volume_path, _vol_frames),
+}
 
 
 def _check_mel(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
@@ -228,23 +229,43 @@ def _mel_mismatch(
 
 
 def stale_outputs(wav_path: str, settings: FeatureSettings, num_samples: int) -> dict[str, str]:
-    """Which outputs must be (re)computed, mapped to the reason; empty when all fit."""
-    checks = {
-        "soft": (ff.content_path(wav_path), _check_soft),
-        "f0": (ff.pitch_path(wav_path), _check_f0),
-        "spec": (ff.spec_path(wav_path), _check_spec),
-    }
-    if settings.vol_embedding or settings.diffusion_mel is not None:
-        checks["vol"] = (ff.volume_path(wav_path), _check_vol)
-    if settings.diffusion_mel is not None:
-        checks["mel"] = (ff.mel_path(wav_path), _check_mel)
-        checks["aug_mel"] = (ff.aug_mel_path(wav_path), _check_aug_mel)
-        checks["aug_vol"] = (ff.aug_volume_path(wav_path), _check_vol)
+    """Which outputs must be (re)computed, mapped to the reason; empty when all fit.
+
+    A stored file is kept when it loads and `clip_verdict` accepts it, the
+    verdict the pre-flight check and the data loader give, so what
+    preprocessing keeps always trains. The diffusion files (`--use_diff`) are
+    judged against the vocoder's own frames.
+    """
+    diffusion = settings.diffusion_mel is not None
+    names = [name for name in _OUTPUTS if name != "vol" or settings.vol_embedding or diffusion]
+    diffusion_checks = {}
+    if diffusion:
+        diffusion_checks = {
+            "mel": (ff.mel_path(wav_path), _check_mel),
+            "aug_mel": (ff.aug_mel_path(wav_path), _check_aug_mel),
+            "aug_vol": (ff.aug_volume_path(wav_path), _check_aug_vol),
+        }
+    if settings.force:
+        return {name: "recompute requested (--force)" for name in [*names, *diffusion_checks]}
     stale: dict[str, str] = {}
-    for name, (path, check) in checks.items():
-        if settings.force:
-            stale[name] = "recompute requested (--force)"
+    frames: dict[str, int] = {}
+    for name in names:
+        stream, path_of, read_frames = _OUTPUTS[name]
+        path = path_of(wav_path)
+        if not os.path.exists(path):
+            stale[name] = "missing"
             continue
+        try:
+            frames[stream] = read_frames(path, settings)
+        except UserError as error:
+            stale[name] = str(error)
+    verdict = ff.clip_verdict(
+        wav_path, num_samples, frames, settings.sampling_rate, settings.hop_length
+    )
+    for name in names:
+        if _OUTPUTS[name][0] in verdict:
+            stale[name] = verdict[_OUTPUTS[name][0]]
+    for name, (path, check) in diffusion_checks.items():
         if not os.path.exists(path):
             stale[name] = "missing"
             continue
@@ -252,9 +273,17 @@ def stale_outputs(wav_path: str, settings: FeatureSettings, num_samples: int) ->
             reason = check(path, settings, num_samples)
         except UserError as error:
             reason = str(error)
-        if reason is not None:
+        if reason:
             stale[name] = reason
     return stale
+
+
+def _check_aug_vol(path: str, settings: FeatureSettings, num_samples: int) -> str | None:
+    frames = _vol_frames(path, settings)
+    expected = ff.audio_frames(num_samples, settings.hop_length)
+    if abs(frames - expected) >= ff.STREAM_TOLERANCE_FRAMES:
+        return f"{frames} frames, expected {expected}"
+    return None
 
 
 # --------------------------------------------------------------------------- audio

@@ -82,6 +82,61 @@ def _crash_result(source: str, error: BaseException) -> ItemResult:
     return ItemResult(source=source, status="failed", reason=reason)
 
 
+def _run_here(
+    task: Callable[[JobT], ItemResult],
+    jobs: Sequence[JobT],
+    sources: Sequence[str],
+    record: Callable[[int, ItemResult], None],
+    initializer: Callable[..., None] | None,
+    initargs: tuple[Any, ...],
+) -> None:
+    """Run every job in this process, in order."""
+    if initializer is not None:
+        initializer(*initargs)
+    for index, job in enumerate(jobs):
+        try:
+            result = task(job)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:  # a task bug must not end the run
+            result = _crash_result(sources[index], error)
+        record(index, result)
+
+
+def _run_in_pool(
+    task: Callable[[JobT], ItemResult],
+    jobs: Sequence[JobT],
+    sources: Sequence[str],
+    record: Callable[[int, ItemResult], None],
+    workers: int,
+    initializer: Callable[..., None] | None,
+    initargs: tuple[Any, ...],
+) -> None:
+    """Run the jobs in a spawn-context pool, recording results as they complete."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=initializer,
+        initargs=initargs,
+    ) as pool:
+        futures = {pool.submit(task, job): index for index, job in enumerate(jobs)}
+        try:
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    result = future.result()
+                except BrokenProcessPool as error:
+                    result = _crash_result(sources[index], error)
+                except Exception as error:  # surfaced from the worker
+                    result = _crash_result(sources[index], error)
+                record(index, result)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def run_parallel(
     task: Callable[[JobT], ItemResult],
     jobs: Sequence[JobT],
@@ -103,46 +158,18 @@ def run_parallel(
         raise ValueError("jobs and sources must have the same length")
     results: list[ItemResult | None] = [None] * len(jobs)
     progress = tqdm(total=len(jobs), desc=description, unit="file", file=sys.stderr)
+
+    def record(index: int, result: ItemResult) -> None:
+        _raise_if_fatal(result)
+        results[index] = result
+        progress.update(1)
+
     try:
         if num_processes <= 1 or len(jobs) <= 1:
-            if initializer is not None:
-                initializer(*initargs)
-            for index, job in enumerate(jobs):
-                try:
-                    result = task(job)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as error:  # a task bug must not end the run
-                    result = _crash_result(sources[index], error)
-                _raise_if_fatal(result)
-                results[index] = result
-                progress.update(1)
+            _run_here(task, jobs, sources, record, initializer, initargs)
         else:
-            context = multiprocessing.get_context("spawn")
             workers = min(num_processes, len(jobs))
-            with ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=context,
-                initializer=initializer,
-                initargs=initargs,
-            ) as pool:
-                futures = {pool.submit(task, job): index for index, job in enumerate(jobs)}
-                try:
-                    for future in as_completed(futures):
-                        index = futures[future]
-                        try:
-                            result = future.result()
-                        except BrokenProcessPool as error:
-                            result = _crash_result(sources[index], error)
-                        except Exception as error:  # surfaced from the worker
-                            result = _crash_result(sources[index], error)
-                        _raise_if_fatal(result)
-                        results[index] = result
-                        progress.update(1)
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
+            _run_in_pool(task, jobs, sources, record, workers, initializer, initargs)
     finally:
         progress.close()
     return [result for result in results if result is not None]

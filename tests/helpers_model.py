@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from checkpoint.names import newest_generator
 from tests.helpers_data import make_config, make_dataset, write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,12 +65,12 @@ def train_tiny_model(root: Path) -> dict[str, Any]:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     model_dir = root / "logs" / MODEL_NAME
-    models = sorted(model_dir.glob("G_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
-    assert models, f"no G_*.pth in {model_dir}: {result.stdout[-2000:]}"
+    newest = newest_generator(model_dir)
+    assert newest is not None, f"no generator in {model_dir}: {result.stdout[-2000:]}"
     return {
         "root": root,
         "config_path": config_path,
-        "model_path": models[-1],
+        "model_path": newest,
         "dataset": dataset,
         "config": config,
     }

@@ -57,7 +57,9 @@ def test_release_has_no_optimizer_or_train_state(training_checkpoint: Path) -> N
     output = training_checkpoint.with_name("G_800_release.pth")
     assert compress_model.main(["-c", str(MINI_CONFIG), "-i", str(training_checkpoint)]) == 0
     release = torch.load(output, weights_only=True)
-    assert set(release) == {"model", "iteration", "optimizer", "learning_rate"}
+    assert set(release) == {"model", "iteration", "optimizer", "learning_rate", "config"}
+    assert release["config"]["model"]["ssl_dim"] == utils.get_hparams_from_file(
+        MINI_CONFIG).model.ssl_dim  # the release describes its model
     assert release["optimizer"] is None and release["iteration"] == 0
     assert not any(key.startswith("enc_q.") for key in release["model"])
     assert all(value.dtype == torch.float32 for value in release["model"].values())

@@ -14,8 +14,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import train
+from bench.host_reads import counting_host_reads
 from core.distributed import StopVote
-from core.host_reads import counting_host_reads
 from tests.test_trainer import build_trainer, small_set  # noqa: F401  (fixture)
 
 pytestmark = [

@@ -33,7 +33,7 @@ from tests.test_train_e2e import (
 )
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-LAUNCH = TRAIN.parent / "core" / "launch.py"
+LAUNCH = TRAIN.parent / "launch.py"
 NODE_ADDRESSES = ("10.77.0.1", "10.77.0.2")
 
 
@@ -401,9 +401,9 @@ def _signal_the_group(command: list[str], cwd: Path, log: Path, signum: int):
     # Each launcher and each signal once: a terminal's Ctrl-C reaches a plain run as
     # SIGINT, a scheduler's stop reaches a torchrun group as SIGTERM, and the crossed
     # pairs take the same paths (one handler for both signals in train.py, one
-    # forwarding rule for both in core/launch.py).
-    [("python", signal.SIGINT), ("core.launch", signal.SIGTERM)],
-    ids=["python-SIGINT", "core.launch-SIGTERM"],
+    # forwarding rule for both in launch.py).
+    [("python", signal.SIGINT), ("launch.py", signal.SIGTERM)],
+    ids=["python-SIGINT", "launch.py-SIGTERM"],
 )
 def test_signal_to_the_whole_group_finishes_the_step_and_saves(tmp_path, launcher, signum):
     """One process, or two under the torchrun launcher: the step ends, a pair is saved, exit 0."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 import train
+from bench.host_reads import counting_host_reads
 from core.distributed import StopVote
-from core.host_reads import counting_host_reads
 from core.optimization import optimizer_step
 from tests.test_trainer import build_trainer, small_set  # noqa: F401  (fixture)
 

@@ -32,8 +32,8 @@ from inference.webui_app import (
     ModelChoice,
     convert_file,
     error_message,
+    folder_model,
     model_folders,
-    newest_generator,
     resolve_choice,
 )
 from preprocessing.runner import run_cli
@@ -59,17 +59,19 @@ def test_model_folder_gives_newest_generator(tmp_path: Path) -> None:
         (folder / f"G_{step}.pth").write_bytes(b"")
     (folder / "D_900.pth").write_bytes(b"")
     with pytest.raises(UserError, match="config.json"):
-        newest_generator(folder)
+        folder_model(folder)
     (folder / "config.json").write_text("{}")
-    assert newest_generator(folder) == (folder / "G_800.pth", folder / "config.json")
+    assert folder_model(folder) == (folder / "G_800.pth", folder / "config.json")
     (tmp_path / "logs" / "empty").mkdir()
     assert model_folders(tmp_path / "logs") == [str(folder)]
     with pytest.raises(UserError, match="no G_"):
-        newest_generator(tmp_path / "logs" / "empty")
+        folder_model(tmp_path / "logs" / "empty")
     with pytest.raises(UserError, match="no model loaded"):
         resolve_choice(None, None, None)
-    with pytest.raises(UserError, match="config.json too"):
-        resolve_choice(str(folder), "G_1.pth", None)
+    with pytest.raises(UserError, match="a config alone is no model"):
+        resolve_choice(str(folder), None, "config.json")
+    # An uploaded model alone may carry its config: the choice leaves it to the file.
+    assert resolve_choice(str(folder), "up/G_1.pth", None).config_path is None
 
 
 def test_convert_twice_loads_once_and_keeps_length(

@@ -1,6 +1,6 @@
 """`torchrun` whose job ends with the workers' status when a stop signal reaches it.
 
-    python -m core.launch [torchrun options] train.py -c configs/config.json -m 44k
+    python launch.py [torchrun options] train.py -c configs/config.json -m 44k
 
 takes exactly torchrun's options. The difference: torchrun's agent answers
 SIGTERM/SIGINT by stopping its workers and then failing itself (exit 1 and a
