@@ -79,7 +79,7 @@ def getitem(self, index):
 def train_step(self, batch):
     if FAIL_AT == "rank_pids" and self.state.step == 1:
         with open(os.environ["PID_FILE"], "a") as handle:
-            handle.write(f"{{_rank()}} {{os.getpid()}}\n")
+            handle.write(f"{{_rank()}} {{os.getpid()}}\\n")
     if FAIL_AT == "step" and _rank() == FAIL_RANK and self.state.step >= 1:
         raise _failing(RuntimeError("CUDA out of memory (injected at step %d)" % self.state.step))
     return _train_step(self, batch)
