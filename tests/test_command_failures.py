@@ -1,13 +1,14 @@
-"""Every failure ends a preprocessing run with `--num_processes`: promptly, non-zero, no workers.
+"""Every failure ends a long command promptly, non-zero, with one line and no workers left.
 
-Each test runs `resample.py` with two worker processes as a user does, through
+The slow tests run `resample.py` with two worker processes as a user does, through
 a launcher that makes one file misbehave (the launcher's top level also runs
 in the spawned workers, so the patch reaches them): a fatal result while the
 other worker is busy on a slow file, a worker killed as the OOM killer does,
 a bug in the main process, or a stop signal to the main process or the whole
 group. Each asserts the exit code, the one-line message, that the run and
 every process it started are gone within a bound counted from the failure,
-and that every wav already written is complete.
+and that every wav already written is complete. The fast ones run the cluster
+commands in-process with the fitting made to fail.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 
+import feature_files as ff
+import train_index
+from cluster import train_cluster
+from preprocessing.runner import run_cli
 from tests.test_failures import Run, _error_lines
-
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -120,6 +124,7 @@ def _wait_for_busy_workers(run: Run, root: Path) -> None:
     raise AssertionError("the workers did not reach the slow files")
 
 
+@pytest.mark.slow
 def test_a_fatal_result_stops_the_busy_workers(tmp_path: Path) -> None:
     run = _start(tmp_path, ["a_ok", "b_ok", "c_slow", "d_fatal", "e_ok"])
     code, output = run.finish()
@@ -128,6 +133,7 @@ def test_a_fatal_result_stops_the_busy_workers(tmp_path: Path) -> None:
     _assert_written_wavs_are_whole(tmp_path, at_least=2)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_by_the_os_ends_the_run_with_one_line(tmp_path: Path) -> None:
     run = _start(tmp_path, ["a_ok", "b_ok", "c_slow", "d_killed", "e_ok"])
     code, output = run.finish()
@@ -140,6 +146,7 @@ def test_a_worker_killed_by_the_os_ends_the_run_with_one_line(tmp_path: Path) ->
     _assert_written_wavs_are_whole(tmp_path, at_least=2)
 
 
+@pytest.mark.slow
 def test_a_bug_in_the_main_process_keeps_its_traceback_and_stops_the_workers(
     tmp_path: Path,
 ) -> None:
@@ -150,10 +157,12 @@ def test_a_bug_in_the_main_process_keeps_its_traceback_and_stops_the_workers(
     _assert_written_wavs_are_whole(tmp_path, at_least=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("target", "signum", "exit_code"),
     [
         ("main", signal.SIGTERM, 143),  # the workers must not be orphaned
+        ("main", signal.SIGKILL, -signal.SIGKILL),  # nor when nothing could clean up
         ("group", signal.SIGTERM, 143),  # a scheduler stopping the job
         ("group", signal.SIGINT, 130),  # Ctrl-C in the terminal
     ],
@@ -172,4 +181,70 @@ def test_a_stop_signal_ends_the_run_and_its_workers(
     code, output = run.finish()
     assert code == exit_code, output[-3000:]
     assert "Traceback" not in output
+    if signum == signal.SIGTERM:
+        assert "stopped by SIGTERM" in output and "run the command again" in output
     _assert_written_wavs_are_whole(tmp_path, at_least=2)
+
+
+# --------------------------------------------------------------------------- cluster commands
+
+
+@pytest.fixture
+def signals_restored() -> object:
+    """Entry points leave a failing process to the default stop signals; not pytest's."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def _features(root: Path) -> Path:
+    speaker = root / "dataset" / "alto"
+    speaker.mkdir(parents=True)
+    ff.write_content(str(speaker / "a.wav.soft.pt"), torch.randn(1, 8, 64))
+    return root / "dataset"
+
+
+@pytest.mark.usefixtures("signals_restored")
+@pytest.mark.parametrize(("raised", "code"), [(MemoryError(), 2), (KeyboardInterrupt(), 130)])
+def test_cluster_training_failure_is_one_line_and_keeps_the_old_model(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    raised: BaseException,
+    code: int,
+) -> None:
+    dataset = _features(tmp_path)
+    old_model = tmp_path / "logs" / "kmeans_4.pt"
+    old_model.parent.mkdir()
+    old_model.write_bytes(b"the model of an earlier run")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise raised
+
+    monkeypatch.setattr(train_cluster, "train_cluster", fail)
+    argv = ["--dataset", str(dataset), "--output", str(old_model.parent), "--n_clusters", "4"]
+    assert run_cli(train_cluster.main, argv) == code
+    errors = _error_lines(capsys.readouterr().err)
+    if code == 2:
+        assert len(errors) == 1 and "out of memory" in errors[0] and "--minibatch" in errors[0]
+    assert old_model.read_bytes() == b"the model of an earlier run"
+
+
+@pytest.mark.usefixtures("signals_restored")
+def test_index_building_out_of_memory_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset = _features(tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text('{"spk": {"alto": 0}}')
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(train_index, "build_index", fail)
+    argv = ["--root_dir", str(dataset), "-c", str(config), "--output_dir", str(tmp_path / "out")]
+    assert run_cli(train_index.main, argv) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and "out of memory indexing 64 frames" in errors[0], errors
+    assert not (tmp_path / "out").exists()
