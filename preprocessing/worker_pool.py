@@ -162,7 +162,7 @@ def _death(worker: _Worker, names: Sequence[str]) -> WorkerDiedError:
     else:
         how = f"exited with code {code}"
     advice = ""
-    if code == -signal.SIGKILL:
+    if code is not None and code == -getattr(signal, "SIGKILL", 0):  # no SIGKILL on Windows
         advice = "; the usual cause is the system running out of memory: lower --num_processes"
     return WorkerDiedError(f"a worker process {how} {where}{advice}")
 

@@ -27,7 +27,7 @@ import torch
 import feature_files as ff
 import train_index
 from cluster import train_cluster
-from preprocessing.runner import run_cli
+from preprocessing.runner import ItemResult, run_cli, run_parallel
 from tests.test_failures import Run, _error_lines
 
 REPO = Path(__file__).resolve().parent.parent
@@ -184,6 +184,23 @@ def test_a_stop_signal_ends_the_run_and_its_workers(
     if signum == signal.SIGTERM:
         assert "stopped by SIGTERM" in output and "run the command again" in output
     _assert_written_wavs_are_whole(tmp_path, at_least=2)
+
+
+def _fails_on_b(job: str) -> ItemResult:
+    if job == "b":
+        raise ValueError("bad b\nsecond line")
+    return ItemResult(job, "done", outputs=(f"{job}-{os.getpid()}",))
+
+
+@pytest.mark.slow
+def test_a_task_that_raises_in_a_worker_fails_its_file_only() -> None:
+    jobs = ["a", "b", "c", "d"]
+    results = run_parallel(_fails_on_b, jobs, jobs, num_processes=2, description="t")
+    assert [result.source for result in results] == jobs
+    assert [result.status for result in results] == ["done", "failed", "done", "done"]
+    assert results[1].reason == "ValueError: bad b"
+    workers = {result.outputs[0].split("-")[1] for result in results if result.outputs}
+    assert str(os.getpid()) not in workers
 
 
 # --------------------------------------------------------------------------- cluster commands
