@@ -81,7 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for speaker_id, name in sorted(names.items()):
         features = load_speaker_features(root / name)
         print(f"indexing {name} (id {speaker_id}): {features.shape[0]} frames")
-        indexes[speaker_id] = build_index(features, seed=args.seed + speaker_id)
+        try:
+            indexes[speaker_id] = build_index(features, seed=args.seed + speaker_id)
+        except MemoryError:
+            raise UserError(
+                f"{root / name}: out of memory indexing {features.shape[0]} frames: "
+                "close other programs and run train_index.py again"
+            ) from None
     folder = save_index_folder(indexes, names, output_dir / INDEX_FOLDER_NAME)
     print(f"wrote {folder} ({len(indexes)} speakers)")
     if args.upstream_pickle:

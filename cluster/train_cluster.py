@@ -135,9 +135,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         print(f"training k-means for {speaker}: {features.shape[0]} frames x "
               f"{features.shape[1]} dims -> {n_clusters} clusters")
-        model[speaker] = train_cluster(
-            features, n_clusters, use_minibatch=args.minibatch, use_gpu=use_gpu, seed=args.seed
-        )
+        try:
+            model[speaker] = train_cluster(
+                features, n_clusters, use_minibatch=args.minibatch, use_gpu=use_gpu,
+                seed=args.seed,
+            )
+        except (MemoryError, torch.cuda.OutOfMemoryError):
+            raise UserError(
+                f"{args.dataset / speaker}: out of {'GPU ' if use_gpu else ''}memory for "
+                f"k-means over {features.shape[0]} frames into {n_clusters} clusters: "
+                "use --minibatch, lower --n_clusters, or close other programs"
+            ) from None
     output = args.output / f"kmeans_{args.n_clusters}.pt"
     save_cluster_model(model, output)
     print(f"wrote {output} ({len(model)} speakers)")

@@ -11,8 +11,10 @@ stderr and an exit code; a real bug keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.util
 import os
 import re
@@ -21,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from core.errors import UserError
@@ -30,6 +32,7 @@ from core.errors import UserError
 EXIT_USER_ERROR = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # A second stop signal this long after the first forces the stop.
@@ -66,6 +69,54 @@ def _kill_daemonic_children() -> None:
         child.kill()
     for child in children:
         child.join(_REAP_TIMEOUT_S)
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process of a command ended without its result (most often killed by the OS)."""
+
+
+def leave_stopping_to_parent() -> None:
+    """In a worker process: ignore SIGINT and SIGTERM, and exit as soon as the parent is gone.
+
+    Ctrl-C and schedulers signal the whole process group; the parent stops its
+    workers itself (so a signal never reads as a crashed worker), and a parent
+    that is killed outright must not leave its workers running.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        watcher = threading.Thread(
+            target=_exit_when_ready, args=(parent.sentinel,), name="exit-with-parent", daemon=True
+        )
+        watcher.start()
+
+
+def _exit_when_ready(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(EXIT_FAILURE)
+
+
+@contextlib.contextmanager
+def sigterm_unwinds(message: str) -> Iterator[None]:
+    """While inside, SIGTERM prints `message` and raises SystemExit(143) in the main thread.
+
+    The default action would end this process on the spot, skipping the
+    `finally` blocks that stop its workers. Outside the main thread it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def unwind(signum: int, frame: object) -> None:
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_TERMINATED)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def obey_stop_signals() -> None:
@@ -110,7 +161,7 @@ def report_failure(error: BaseException) -> int | None:
     if isinstance(error, UserError):
         print(f"error: {error_line(error)}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
-    death = data_worker_death(error)
+    death = str(error) if isinstance(error, WorkerDiedError) else data_worker_death(error)
     if death is not None:
         print(f"error: {death}", file=sys.stderr, flush=True)
         return EXIT_FAILURE

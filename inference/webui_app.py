@@ -215,20 +215,22 @@ def convert_file(
         raise UserError(f"cluster/index ratio {settings.cluster_ratio}: must be between 0 and 1")
     svc.speaker_id(settings.speaker)  # an unknown speaker fails before any work
     audio, sampling_rate = read_audio(audio_path)
-    converted = svc.convert_array(
-        audio,
-        sampling_rate,
-        settings.speaker,
-        transpose=settings.transpose,
-        slice_db=settings.slice_db,
-        cluster_infer_ratio=settings.cluster_ratio,
-        auto_predict_f0=settings.auto_predict_f0,
-        noise_scale=settings.noise_scale,
-        pad_seconds=settings.pad_seconds,
-        f0_predictor=settings.f0_predictor,
-        progress=progress,
-    )
-    svc.clear_empty()
+    try:
+        converted = svc.convert_array(
+            audio,
+            sampling_rate,
+            settings.speaker,
+            transpose=settings.transpose,
+            slice_db=settings.slice_db,
+            cluster_infer_ratio=settings.cluster_ratio,
+            auto_predict_f0=settings.auto_predict_f0,
+            noise_scale=settings.noise_scale,
+            pad_seconds=settings.pad_seconds,
+            f0_predictor=settings.f0_predictor,
+            progress=progress,
+        )
+    finally:  # a failed conversion (GPU out of memory) gives its cached memory back too
+        svc.clear_empty()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / result_name(audio_path, settings)

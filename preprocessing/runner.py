@@ -7,20 +7,25 @@ ends with a summary that names every failure and its reason.
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from tqdm import tqdm
 
 from core.errors import UserError
+from core.lifecycle import run_main, sigterm_unwinds
+from preprocessing.worker_pool import WorkerPool, error_text
 
 Status = Literal["done", "skipped", "failed"]
 JobT = TypeVar("JobT")
+
+STOPPED_BY_SIGTERM = (
+    "stopped by SIGTERM: the files finished so far are complete; "
+    "run the command again to do the rest"
+)
 
 
 @dataclass(frozen=True)
@@ -76,9 +81,7 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _crash_result(source: str, error: BaseException) -> ItemResult:
-    text = str(error).splitlines()[0] if str(error) else ""
-    reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
+def _crash_result(source: str, reason: str) -> ItemResult:
     return ItemResult(source=source, status="failed", reason=reason)
 
 
@@ -99,7 +102,7 @@ def _run_here(
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:  # a task bug must not end the run
-            result = _crash_result(sources[index], error)
+            result = _crash_result(sources[index], error_text(error))
         record(index, result)
 
 
@@ -112,29 +115,16 @@ def _run_in_pool(
     initializer: Callable[..., None] | None,
     initargs: tuple[Any, ...],
 ) -> None:
-    """Run the jobs in a spawn-context pool, recording results as they complete."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=initializer,
-        initargs=initargs,
-    ) as pool:
-        futures = {pool.submit(task, job): index for index, job in enumerate(jobs)}
-        try:
-            for future in as_completed(futures):
-                index = futures[future]
-                try:
-                    result = future.result()
-                except BrokenProcessPool as error:
-                    result = _crash_result(sources[index], error)
-                except Exception as error:  # surfaced from the worker
-                    result = _crash_result(sources[index], error)
-                record(index, result)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    """Run the jobs in spawned workers (`WorkerPool`), recording results as they complete.
+
+    SIGTERM unwinds through the pool, which kills its workers on any exit.
+    """
+    with (
+        sigterm_unwinds(STOPPED_BY_SIGTERM),
+        WorkerPool(task, workers, initializer, initargs) as pool,
+    ):
+        for index, returned, value in pool.run(jobs, sources):
+            record(index, value if returned else _crash_result(sources[index], value))
 
 
 def run_parallel(
@@ -149,10 +139,11 @@ def run_parallel(
     """Run `task` over `jobs` with a tqdm bar and return one result per job, in job order.
 
     With one process (or one job) everything runs here, which keeps small runs
-    cheap and debuggable; otherwise a spawn-context pool is used, whose workers
-    run `initializer(*initargs)` once (to load models once per process). A
-    result marked `fatal` stops the run with a `UserError` carrying its reason.
-    `sources` names each job in results produced for crashed workers.
+    cheap and debuggable; otherwise in a `WorkerPool`, whose workers run
+    `initializer(*initargs)` once (to load models once per process). A result
+    marked `fatal` stops the run with a `UserError` carrying its reason; a
+    worker that dies stops it with `WorkerDiedError`. Either way, and on SIGTERM or
+    Ctrl-C, the other workers are killed at once. `sources` name the jobs.
     """
     if len(jobs) != len(sources):
         raise ValueError("jobs and sources must have the same length")
@@ -181,9 +172,9 @@ def _raise_if_fatal(result: ItemResult) -> None:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Call an entry point's `main`, turning a `UserError` into one line on stderr and exit 2."""
-    try:
-        return main(argv)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """Call an entry point's `main(argv)` and return its exit code (`core.lifecycle.run_main`).
+
+    A `UserError` becomes one line on stderr and exit 2, a dead worker one line
+    and exit 1, Ctrl-C exit 130; a real bug keeps its traceback.
+    """
+    return run_main(functools.partial(main, argv))

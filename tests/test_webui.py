@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -147,6 +147,56 @@ def test_user_mistakes_are_one_line_messages(mini_cache: ModelCache, tmp_path: P
     assert "\n" not in error_message(no_cluster.value)
     assert error_message(RuntimeError("boom")).startswith("error: RuntimeError: boom")
     assert NO_MODEL in error_message(UserError(NO_MODEL))
+
+
+def test_a_failing_conversion_is_a_message_and_the_page_keeps_converting(
+    tmp_path: Path,
+) -> None:
+    """The page's own handler, called as gradio calls it: a conversion that raises (a GPU out
+    of memory) is one line in the status box, frees the cached GPU memory, and the next
+    conversion on the same page and model works."""
+    from inference.webui_page import build_page
+
+    class FlakySvc:
+        target_sample = MINI_SR
+        spk2id: ClassVar[dict[str, int]] = {"tenor": 0}
+        runs = 0
+        cleared = 0
+
+        def __init__(self, *args: Any, **options: Any) -> None:
+            pass
+
+        def speaker_id(self, name: str) -> int:
+            return self.spk2id[name]
+
+        def convert_array(self, audio: np.ndarray, rate: int, *args: Any, **kw: Any) -> Any:
+            FlakySvc.runs += 1
+            if FlakySvc.runs == 1:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return np.zeros(MINI_SR // 2, np.float32)
+
+        def clear_empty(self) -> None:
+            FlakySvc.cleared += 1
+
+    folder = tmp_path / "logs" / "alto"
+    folder.mkdir(parents=True)
+    (folder / "G_10.pth").write_bytes(b"")
+    (folder / "config.json").write_text("{}")
+    source = tmp_path / "take.wav"
+    soundfile.write(source, sung_clip(0.3, MINI_SR), MINI_SR)
+    cache = ModelCache(device="cpu", factory=FlakySvc)
+    page = build_page(cache, tmp_path / "logs", out_dir=str(tmp_path / "out"))
+    convert = next(block.fn for block in page.fns.values() if block.name == "convert")
+    inputs = (str(folder), None, None, None, False, 0.0, "tenor", 0, False, "pm", 0.4, -40,
+              0.5, str(source), None)
+
+    audio, download, status = convert(*inputs)
+    assert audio is None and download is None
+    assert status.startswith("error: RuntimeError: CUDA out of memory") and "\n" not in status
+    assert FlakySvc.cleared == 1  # the failed run's cached GPU memory is given back
+    audio, download, status = convert(*inputs)
+    assert status.startswith("converted to tenor") and Path(audio).is_file()
+    assert cache.loads == 1 and FlakySvc.runs == 2
 
 
 class _FakePage:
