@@ -6,10 +6,12 @@ with the `--use_diff` files made in code. The torchrun runs are marked slow.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +63,7 @@ def write_diffusion_features(wavs: list[str]) -> None:
         ff.write_volume(ff.aug_volume_path(wav), np.load(ff.volume_path(wav)) * 0.8)
 
 
-def make_run(root: Path, **train: object) -> Path:
+def make_run(root: Path, vocoder_weights: bool = True, **train: object) -> Path:
     """A synthetic set (8 training clips of 2 speakers, 2 validation clips) and its YAML."""
     data = make_dataset(
         root, items_per_speaker=5, val_per_speaker=1, seconds=1.0, sampling_rate=44100,
@@ -70,6 +72,8 @@ def make_run(root: Path, **train: object) -> Path:
     write_diffusion_features(data["train_wavs"] + data["val_wavs"])
     vocoder = root / "pretrain" / "nsf_hifigan"
     shutil.copytree(TINY_VOCODER, vocoder)
+    if not vocoder_weights:
+        (vocoder / "model").unlink()  # config.json stays: the mel bins are known
     config = {
         "data": {
             "sampling_rate": 44100, "block_size": 512, "duration": 0.5,
@@ -110,16 +114,22 @@ def weights(root: Path, step: int) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One run stopped at step 3 and resumed to the end (step 6), and one never stopped."""
+    """One run stopped at step 3 and resumed to the end (step 6), and one never stopped.
+
+    The resumed run has no vocoder weights: validation logs mels only, and
+    (drawing from its own random state) changes nothing in training.
+    """
     straight, resumed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("resumed")
     trace = straight / "trace"
     trace.mkdir()
     torchrun(straight, make_run(straight), trace=trace)
-    config = make_run(resumed)
+    config = make_run(resumed, vocoder_weights=False)
     first = torchrun(resumed, config, "--max_steps", "3")
     assert "reached --max_steps 3" in first
     second = torchrun(resumed, config)
     assert "resuming from model_3.pt at step 3, epoch 2" in second
+    assert second.count("vocoder weights missing") == 1
+    assert "validation logs mels only" in second
     return {"straight": straight, "resumed": resumed, "trace": trace}
 
 
@@ -157,15 +167,18 @@ def test_model_files_keep_upstreams_format_and_our_run_state(runs) -> None:
     assert (folder / "config.yaml").is_file()
 
 
-@pytest.mark.slow
-def test_tensorboard_holds_losses_mels_and_vocoder_audio(runs) -> None:
+def read_events(root: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(
-        str(runs["straight"] / EXPDIR / "logs"), size_guidance={"scalars": 0, "images": 0,
-                                                               "audio": 0}
-    )  # fmt: skip
+    guidance = {"scalars": 0, "images": 0, "audio": 0}
+    events = EventAccumulator(str(root / EXPDIR / "logs"), size_guidance=guidance)
     events.Reload()
+    return events
+
+
+@pytest.mark.slow
+def test_tensorboard_holds_losses_mels_and_vocoder_audio(runs) -> None:
+    events = read_events(runs["straight"])
     tags = events.Tags()
     assert {"train/loss", "train/lr", "validation/loss"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
@@ -173,6 +186,9 @@ def test_tensorboard_holds_losses_mels_and_vocoder_audio(runs) -> None:
     assert "validation/alice_alice_000_pred" in tags["audio"]
     assert "validation/alice_alice_000_gt" in tags["audio"]
     assert np.isfinite(events.Scalars("validation/loss")[0].value)
+    without_vocoder = read_events(runs["resumed"]).Tags()
+    assert "validation/alice_alice_000" in without_vocoder["images"]
+    assert without_vocoder["audio"] == []
 
 
 def test_rotation_keeps_the_newest_the_base_and_every_force_save(tmp_path: Path) -> None:
@@ -186,10 +202,15 @@ def test_rotation_keeps_the_newest_the_base_and_every_force_save(tmp_path: Path)
 
 
 @pytest.fixture
-def small_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def small_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A run in `tmp_path`, trained in this process; its log handlers are closed after."""
     config = make_run(tmp_path)
     monkeypatch.chdir(tmp_path)
-    return config
+    yield config
+    log = logging.getLogger("so-vits-svc")
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
 
 
 def test_a_missing_mel_names_the_file_and_the_fix(small_run: Path, capsys) -> None:
@@ -214,3 +235,18 @@ def test_a_model_of_another_encoder_width_is_refused_up_front(small_run: Path, c
     assert len(error) == 1
     assert "model_0.pt: the diffusion model takes content of width 48" in error[0]
     assert "encoder_out_channels 32" in error[0]
+
+
+def test_fine_tuning_starts_from_a_single_speaker_base_model(small_run: Path) -> None:
+    folder = small_run.parent.parent / EXPDIR
+    folder.mkdir(parents=True)
+    base = Unit2Mel(32, 1, True, 128, n_layers=2, n_chans=16, n_hidden=16, timesteps=100)
+    save_diffusion_model(base, 0, folder / "model_0.pt")
+    assert train_diff.main(["-c", str(small_run), "--max_steps", "1"]) == 0
+    assert model_steps(folder) == [1, 0]  # the base model is never rotated out
+    tuned = torch.load(folder / "model_1.pt", weights_only=True)["model"]
+    assert "spk_embed.weight" in tuned  # fresh: the base has one speaker (strict=False)
+    start = base.state_dict()
+    moved = torch.stack([(tuned[k] - start[k]).abs().max() for k in start])
+    assert 0 < moved.max() <= 1.01e-4  # one AdamW step at train.lr from the base's weights
+    assert "fine-tuning from the base model" in (folder / "train.log").read_text()
