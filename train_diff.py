@@ -198,7 +198,7 @@ class DiffusionTrainer(EpochLoop):
         self.optimizer = build_optimizer(
             self.net.parameters(), config.train.lr, (0.9, 0.999), 1e-8, device
         )
-        for group in self.optimizer.param_groups:
+        for group in self.optimizer.param_groups:  # upstream's AdamW defaults, then its decay
             group["weight_decay"] = config.train.weight_decay
         self.scaler = build_grad_scaler(self.runtime)
         self.state = TrainState(world_size=self.runtime.world_size, seed=SEED)
@@ -240,11 +240,18 @@ class DiffusionTrainer(EpochLoop):
             self.apply_resume_point(point)
 
     def _load(self, point: DiffusionResumePoint, strict: bool) -> None:
-        """The file's weights, and its optimizer when it has one (ours or upstream's save_opt)."""
+        """The file's weights, and its optimizer when it has one (ours or upstream's save_opt).
+
+        A base model's optimizer (if any) belongs to another run, perhaps with
+        other parameters (a speaker table): fine-tuning starts a fresh AdamW.
+        The config's weight decay applies either way, as upstream sets it.
+        """
         load_diffusion_state(point.path, self.net, "the config", strict, point.checkpoint)
         saved = point.checkpoint.get("optimizer") or point.checkpoint.get("train_optimizer")
-        if isinstance(saved, dict):
+        if isinstance(saved, dict) and not point.is_base_model:
             self.optimizer.load_state_dict(saved)
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = self.config.train.weight_decay
 
     def apply_resume_point(self, point: DiffusionResumePoint) -> None:
         """Load `point` into the model, optimizer, scaler and run state of this rank."""

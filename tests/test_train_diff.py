@@ -22,8 +22,9 @@ import yaml
 
 import feature_files as ff
 import train_diff
+from core.errors import UserError
 from diffusion.files import save_diffusion_model
-from diffusion.run_files import model_steps, rotate_models
+from diffusion.run_files import find_diffusion_resume_point, model_steps, rotate_models
 from diffusion.unit2mel import Unit2Mel
 from diffusion.vocoder import RELEASED_MEL
 from tests.helpers_data import make_dataset
@@ -250,3 +251,14 @@ def test_fine_tuning_starts_from_a_single_speaker_base_model(small_run: Path) ->
     moved = torch.stack([(tuned[k] - start[k]).abs().max() for k in start])
     assert 0 < moved.max() <= 1.01e-4  # one AdamW step at train.lr from the base's weights
     assert "fine-tuning from the base model" in (folder / "train.log").read_text()
+
+
+def test_a_damaged_newest_model_is_skipped_and_only_damage_stops(tmp_path: Path) -> None:
+    model = Unit2Mel(32, 1, False, 128, n_layers=2, n_chans=16, n_hidden=16, timesteps=100)
+    save_diffusion_model(model, 4, tmp_path / "model_4.pt")
+    (tmp_path / "model_8.pt").write_bytes(b"truncated")
+    point = find_diffusion_resume_point(tmp_path)
+    assert point is not None and point.step == 4 and not point.is_base_model
+    (tmp_path / "model_4.pt").write_bytes(b"truncated too")
+    with pytest.raises(UserError, match="diffusion models are present but none can be resumed"):
+        find_diffusion_resume_point(tmp_path)
