@@ -64,6 +64,8 @@ def check_diffusion_filelists(config: DiffusionConfig, source: str) -> list[str]
         wavs = load_filepaths(filelist)
         if not wavs:
             problems.append(f"{filelist}: no clips listed; run preprocess_flist_config.py")
+        elif os.path.isfile(ff.content_path(wavs[0])):
+            problems += _content_width_problem(ff.content_path(wavs[0]), config, source)
         for wav in wavs:
             problems += [
                 f"{path_of(wav)}: missing; {fix}"
@@ -77,6 +79,19 @@ def check_diffusion_filelists(config: DiffusionConfig, source: str) -> list[str]
                     "or rerun preprocess_flist_config.py"
                 )
     return problems
+
+
+def _content_width_problem(path: str, config: DiffusionConfig, source: str) -> list[str]:
+    """A line when a filelist's content (its first clip's) is not the config's width."""
+    width = ff.read_content(path).shape[0]
+    expected = config.data.encoder_out_channels
+    if width == expected:
+        return []
+    return [
+        f"{path}: content width {width} but data.encoder_out_channels of {source} is "
+        f"{expected}: set data.encoder and encoder_out_channels to the features' encoder, "
+        "or rerun preprocess_hubert_f0.py with the config's encoder"
+    ]
 
 
 @dataclass

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,6 +228,19 @@ def test_a_missing_mel_names_the_file_and_the_fix(small_run: Path, capsys) -> No
     ]
 
 
+def test_features_of_another_encoder_width_are_refused_up_front(small_run: Path, capsys) -> None:
+    config = yaml.safe_load(small_run.read_text())
+    config["data"]["encoder_out_channels"] = 768
+    small_run.write_text(yaml.safe_dump(config))
+    assert train_diff.main(["-c", str(small_run)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 3  # the heading and one line per filelist
+    assert "alice_001.wav.soft.pt: content width 32 but data.encoder_out_channels" in error[1]
+    assert error[1].endswith("is 768: set data.encoder and encoder_out_channels to the "
+                             "features' encoder, or rerun preprocess_hubert_f0.py with the "
+                             "config's encoder")  # fmt: skip
+
+
 def test_a_model_of_another_encoder_width_is_refused_up_front(small_run: Path, capsys) -> None:
     folder = small_run.parent.parent / EXPDIR
     folder.mkdir(parents=True)
@@ -262,3 +277,27 @@ def test_a_damaged_newest_model_is_skipped_and_only_damage_stops(tmp_path: Path)
     (tmp_path / "model_4.pt").write_bytes(b"truncated too")
     with pytest.raises(UserError, match="diffusion models are present but none can be resumed"):
         find_diffusion_resume_point(tmp_path)
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path: Path) -> None:
+    config = make_run(tmp_path, epochs=1000, interval_val=1000)
+    log = tmp_path / EXPDIR / "train.log"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train_diff.py"), "-c", str(config)], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if log.exists() and "| step 3 |" in log.read_text():
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    last = max(model_steps(tmp_path / EXPDIR))
+    assert last >= 3
+    assert f"SIGTERM received: saved step {last}" in output
+    saved = torch.load(tmp_path / EXPDIR / f"model_{last}.pt", weights_only=True)
+    assert saved["train_state"]["step"] == saved["global_step"] == last
