@@ -24,7 +24,7 @@ import math
 import os
 import random
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -426,6 +426,7 @@ def make_train_loader(
     world_size: int,
     seed: int,
     device_type: str,
+    collate_fn: Callable[[Any], Any] | None = None,
 ) -> tuple[torch.utils.data.DataLoader, DistributedEpochSampler]:
     """The training DataLoader of one rank and its sampler (call `set_epoch` each epoch).
 
@@ -437,7 +438,8 @@ def make_train_loader(
     loader never draws from the trainer's global torch RNG. Workers persist
     across epochs (every item's random draws come from the item and the epoch,
     not the worker, so resume stays exact); batches land in pinned memory on
-    CUDA, so the trainer's non-blocking copies overlap the step.
+    CUDA, so the trainer's non-blocking copies overlap the step. `collate_fn`
+    defaults to the synthesizer's `TextAudioCollate`.
     """
     sampler = DistributedEpochSampler(
         len(dataset), num_replicas=world_size, rank=rank, seed=seed, shuffle=True
@@ -452,7 +454,7 @@ def make_train_loader(
         batch_size=int(hps.train.batch_size),
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=TextAudioCollate(),
+        collate_fn=collate_fn or TextAudioCollate(),
         pin_memory=device_type == "cuda",
         drop_last=False,
         persistent_workers=num_workers > 0,
@@ -465,7 +467,10 @@ def make_train_loader(
 
 
 def make_eval_loader(
-    dataset: torch.utils.data.Dataset, hps: Any, device_type: str
+    dataset: torch.utils.data.Dataset,
+    hps: Any,
+    device_type: str,
+    collate_fn: Callable[[Any], Any] | None = None,
 ) -> torch.utils.data.DataLoader:
     """The validation DataLoader: one clip per batch, file order, upstream's one worker.
 
@@ -480,7 +485,7 @@ def make_eval_loader(
         batch_size=1,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=TextAudioCollate(),
+        collate_fn=collate_fn or TextAudioCollate(),
         pin_memory=device_type == "cuda",
         drop_last=False,
         persistent_workers=num_workers > 0,

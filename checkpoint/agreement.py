@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from checkpoint.resume import ResumePoint, find_resume_point
 from checkpoint.train_state import TrainState, restore_rng_state
@@ -20,13 +22,19 @@ from core.distributed import Runtime, broadcast_object, gather_objects
 logger = logging.getLogger("so-vits-svc")
 
 
-def agree_on_resume_point(runtime: Runtime, model_dir: str | Path) -> ResumePoint | None:
+def agree_on_resume_point(
+    runtime: Runtime,
+    model_dir: str | Path,
+    find: Callable[[str | Path], Any] = find_resume_point,
+) -> ResumePoint | Any | None:
     """The newest resume point of any node's folder, read once and broadcast to every rank.
 
     The rank with the newest step (the lowest such rank on a tie) sends what
     it read. Under torchrun's restarts the log says which restart this is.
+    `find` reads one folder's resume point (anything with `step` and `name`):
+    the synthesizer's G/D pairs by default, the diffusion model's `model_<step>.pt`.
     """
-    local = find_resume_point(model_dir) if runtime.local_rank == 0 else None
+    local = find(model_dir) if runtime.local_rank == 0 else None
     point = local
     if runtime.distributed:
         steps = gather_objects(runtime, None if local is None else local.step)
@@ -49,7 +57,7 @@ def agree_on_resume_point(runtime: Runtime, model_dir: str | Path) -> ResumePoin
         logger.info(
             "restart %d of the group by torchrun: resuming from %s",
             restart,
-            point.g_path.name if point is not None else "the start (no checkpoint yet)",
+            point.name if point is not None else "the start (no checkpoint yet)",
         )
     return point
 

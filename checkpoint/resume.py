@@ -71,6 +71,11 @@ class ResumePoint:
     d_checkpoint: dict[str, Any]
 
     @property
+    def name(self) -> str:
+        """The pair's name in log lines: its G file."""
+        return self.g_path.name
+
+    @property
     def is_base_model(self) -> bool:
         """G_0/D_0 without our training state: a base model to fine-tune from."""
         return self.step == 0 and "train_state" not in self.g_checkpoint

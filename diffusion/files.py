@@ -34,12 +34,17 @@ def save_diffusion_model(
     global_step: int,
     path: str | os.PathLike,
     optimizer: torch.optim.Optimizer | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write `model_<step>.pt` as upstream does (optimizer only when given), atomically."""
+    """Write `model_<step>.pt` as upstream does (optimizer only when given), atomically.
+
+    `extra` adds keys upstream's loader ignores (training's run state).
+    """
     state = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
     checkpoint: dict[str, Any] = {"global_step": int(global_step), "model": state}
     if optimizer is not None:
         checkpoint["optimizer"] = optimizer.state_dict()
+    checkpoint.update(extra or {})
     atomic_torch_save(checkpoint, path)
 
 
@@ -104,14 +109,16 @@ def load_diffusion_state(
     model: Unit2Mel,
     config_name: str = "the config",
     strict: bool = True,
+    checkpoint: dict[str, Any] | None = None,
 ) -> int:
-    """Load a `model_*.pt` into `model`; returns its global_step.
+    """Load a `model_*.pt` (or its `checkpoint`, already read) into `model`; returns its step.
 
     Lenient loading keeps the model's own values for keys the file lacks
     (say `spk_embed` when fine-tuning the single-speaker base model) and names
     them in one warning.
     """
-    checkpoint = read_diffusion_checkpoint(path)
+    if checkpoint is None:
+        checkpoint = read_diffusion_checkpoint(path)
     state = checkpoint["model"]
     fit = check_state_fits(path, state, model, config_name, strict)
     own = model.state_dict()
