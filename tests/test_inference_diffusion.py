@@ -234,3 +234,25 @@ def test_webui_converts_with_shallow_diffusion(diffusion_model: Path, tmp_path: 
     written, written_rate = soundfile.read(out)
     assert rate == written_rate == SR and length == written.shape[0] == clip.shape[0]
     assert cache.loads == 1
+
+
+def test_webui_page_handler_passes_the_diffusion_controls(
+    diffusion_model: Path, tmp_path: Path
+) -> None:
+    """The page's Convert handler, called as gradio calls it (positional, in widget order)."""
+    from inference.webui_page import _Actions
+
+    cache = ModelCache(device="cpu", encoder_path=str(TINY_ENCODER))
+    actions = _Actions(cache, tmp_path / "logs", tmp_path / "results")
+    source = tmp_path / "take.wav"
+    soundfile.write(source, sung_clip(0.3, SR, seed=12), SR)
+    model = [None, str(MINI_G), str(MINI_CONFIG), None, False,
+             True, False, str(diffusion_model), "", False]  # shallow, beside-model config
+    conversion = ["alto", 0, False, "pm", 0.4, -40, 0.05, 20, False, 0]
+    audio, _, status = actions.convert(*model, 0, *conversion, str(source), None,
+                                       progress=lambda *a, **k: None)
+    assert audio is not None, status
+    assert cache.current.shallow_diffusion and "converted to alto" in status
+    _, _, status = actions.convert(*model, 0, *conversion[:7], 5000, False, 0, str(source),
+                                   None, progress=lambda *a, **k: None)
+    assert status.startswith("error: -ks 5000") and cache.loads == 1
