@@ -91,8 +91,18 @@ def inference_rtf(model: Unit2Mel, args: argparse.Namespace, device: torch.devic
     print(f"inference: {audio_seconds:.2f} s of audio, speedup {args.speedup}, real-time factor")
     print(f"  {'sampler':<13} {'-od (noise)':>12} {f'-shd k={args.k_step}':>12}")
     with torch.no_grad():  # one untimed call: first-use costs are not a sampler's
-        model(units, f0, volume, speaker, gt_spec=mel, infer=True, infer_speedup=args.speedup,
-              method="ddim", k_step=args.k_step, use_tqdm=False)
+        model(
+            units,
+            f0,
+            volume,
+            speaker,
+            gt_spec=mel,
+            infer=True,
+            infer_speedup=args.speedup,
+            method="ddim",
+            k_step=args.k_step,
+            use_tqdm=False,
+        )
     for method in INFER_METHODS:
         figures = []
         for gt_spec in (None, mel):
@@ -100,9 +110,18 @@ def inference_rtf(model: Unit2Mel, args: argparse.Namespace, device: torch.devic
             synchronize(device)
             started = time.perf_counter()
             with torch.no_grad():
-                model(units, f0, volume, speaker, gt_spec=gt_spec, infer=True,
-                      infer_speedup=args.speedup, method=method, k_step=args.k_step,
-                      use_tqdm=False)
+                model(
+                    units,
+                    f0,
+                    volume,
+                    speaker,
+                    gt_spec=gt_spec,
+                    infer=True,
+                    infer_speedup=args.speedup,
+                    method=method,
+                    k_step=args.k_step,
+                    use_tqdm=False,
+                )
             synchronize(device)
             figures.append((time.perf_counter() - started) / audio_seconds)
         print(f"  {method:<13} {figures[0]:>12.3f} {figures[1]:>12.3f}")
@@ -137,8 +156,9 @@ def project_step(model: Unit2Mel, runtime: Runtime) -> Callable[[Batch], None]:
     return step
 
 
-def timed(step: Callable[[Batch], None], batch: Batch, args: argparse.Namespace,
-          device: torch.device) -> float:
+def timed(
+    step: Callable[[Batch], None], batch: Batch, args: argparse.Namespace, device: torch.device
+) -> float:
     """Seconds per step after the warmup steps (device work included)."""
     for _ in range(args.warmup):
         step(batch)
@@ -186,8 +206,17 @@ def training(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def build_model(args: argparse.Namespace, device: torch.device) -> Unit2Mel:
-    return Unit2Mel(WIDTH, 1, False, MELS, args.n_layers, args.n_chans, args.n_hidden,
-                    timesteps=1000, k_step_max=0).to(device)
+    return Unit2Mel(
+        WIDTH,
+        1,
+        False,
+        MELS,
+        args.n_layers,
+        args.n_chans,
+        args.n_hidden,
+        timesteps=1000,
+        k_step_max=0,
+    ).to(device)
 
 
 def main() -> None:
@@ -196,9 +225,11 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(args, device).eval()
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"device {device}, threads {torch.get_num_threads()}, Unit2Mel n_layers "
-          f"{args.n_layers} n_chans {args.n_chans} n_hidden {args.n_hidden} "
-          f"({parameters / 1e6:.2f} M parameters, random weights)")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, Unit2Mel n_layers "
+        f"{args.n_layers} n_chans {args.n_chans} n_hidden {args.n_hidden} "
+        f"({parameters / 1e6:.2f} M parameters, random weights)"
+    )
     inference_rtf(model, args, device)
     training(args, device)
 

@@ -133,9 +133,16 @@ class DiffusionStage:
             speaker = fit_frames(speaker.to(**as_float)[None], frames)
         with torch.no_grad():
             mel_out = self.model(
-                units, f0, volume, spk_id=speaker.to(self.device), gt_spec=mel, infer=True,
-                infer_speedup=self.config.infer.speedup, method=self.config.infer.method,
-                k_step=k_step, use_tqdm=False,
+                units,
+                f0,
+                volume,
+                spk_id=speaker.to(self.device),
+                gt_spec=mel,
+                infer=True,
+                infer_speedup=self.config.infer.speedup,
+                method=self.config.infer.method,
+                k_step=k_step,
+                use_tqdm=False,
             )
             audio = self.vocoder.infer(mel_out, f0)
         return audio[0, 0].float()

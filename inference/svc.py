@@ -14,7 +14,11 @@ half-precision release files) and converts files or arrays the way upstream's
    generator's `infer`;
 3. the padding is cut off, each piece is centred in its original length, and
    clips are joined with linear crossfades;
-4. optionally the input's loudness envelope is mixed into the output (`-lea`).
+4. with shallow diffusion (`-shd`) the generator's audio is refined by the
+   diffusion model and rendered by its vocoder (inference/diffusion_stage.py);
+   with diffusion only (`-od`) there is no generator and the diffusion model
+   makes the audio; the enhancer (`-eh`, inference/enhancer.py) re-renders it;
+5. optionally the input's loudness envelope is mixed into the output (`-lea`).
 
 `infer_features` is the single place that calls the generator, so tools and
 tests can feed it precomputed features.

@@ -47,8 +47,13 @@ def _config(k_step_max: int = 0, width: int = 48, vocoder: Path = VOCODER) -> Di
         base,
         data=dataclasses.replace(base.data, encoder_out_channels=width, encoder="vec768l12"),
         model=dataclasses.replace(
-            base.model, n_layers=2, n_chans=16, n_hidden=16, timesteps=100,
-            k_step_max=k_step_max, n_spk=3,
+            base.model,
+            n_layers=2,
+            n_chans=16,
+            n_hidden=16,
+            timesteps=100,
+            k_step_max=k_step_max,
+            n_spk=3,
         ),
         vocoder=dataclasses.replace(base.vocoder, ckpt=str(vocoder)),
         infer=dataclasses.replace(base.infer, speedup=5, method="dpm-solver++"),
@@ -61,9 +66,11 @@ def _write_model(folder: Path, config: DiffusionConfig, width: int = 48) -> Path
     """A random-weight model_0.pt with config.yaml beside it."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = Unit2Mel.from_config(dataclasses.replace(
-        config, data=dataclasses.replace(config.data, encoder_out_channels=width)
-    ))
+    model = Unit2Mel.from_config(
+        dataclasses.replace(
+            config, data=dataclasses.replace(config.data, encoder_out_channels=width)
+        )
+    )
     save_diffusion_model(model, 0, folder / "model_0.pt")
     save_diffusion_config(config, folder / "config.yaml")
     return folder / "model_0.pt"
@@ -76,9 +83,15 @@ def diffusion_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def shallow_svc(diffusion_model: Path) -> Svc:
-    return Svc(MINI_G, MINI_CONFIG, device="cpu", encoder_path=TINY_ENCODER,
-               shallow_diffusion=True, diffusion_model_path=diffusion_model,
-               diffusion_config_path=diffusion_model.parent / "config.yaml")
+    return Svc(
+        MINI_G,
+        MINI_CONFIG,
+        device="cpu",
+        encoder_path=TINY_ENCODER,
+        shallow_diffusion=True,
+        diffusion_model_path=diffusion_model,
+        diffusion_config_path=diffusion_model.parent / "config.yaml",
+    )
 
 
 def test_shallow_diffusion_loads_once_and_converts_many(
@@ -92,17 +105,23 @@ def test_shallow_diffusion_loads_once_and_converts_many(
         return real_load(path, *args, **kwargs)
 
     monkeypatch.setattr(diffusion_stage, "load_unit2mel", counting)
-    svc = Svc(MINI_G, MINI_CONFIG, device="cpu", encoder_path=TINY_ENCODER,
-              shallow_diffusion=True, diffusion_model_path=diffusion_model,
-              diffusion_config_path=None)  # config.yaml beside the model
+    svc = Svc(
+        MINI_G,
+        MINI_CONFIG,
+        device="cpu",
+        encoder_path=TINY_ENCODER,
+        shallow_diffusion=True,
+        diffusion_model_path=diffusion_model,
+        diffusion_config_path=None,
+    )  # config.yaml beside the model
     renders: list[int] = []
     real_render = svc.diffusion.render
-    monkeypatch.setattr(svc.diffusion, "render",
-                        lambda *a, **k: renders.append(a[5]) or real_render(*a, **k))
+    monkeypatch.setattr(
+        svc.diffusion, "render", lambda *a, **k: renders.append(a[5]) or real_render(*a, **k)
+    )
     clip = sung_clip(0.6, SR, seed=5)
     first = svc.convert_array(clip, SR, "tenor", pad_seconds=0.05, k_step=40)
-    second = svc.convert_array(clip, SR, "bass", pad_seconds=0.05, k_step=20,
-                               second_encoding=True)
+    second = svc.convert_array(clip, SR, "bass", pad_seconds=0.05, k_step=20, second_encoding=True)
     assert loads == [diffusion_model]
     assert renders[:1] == [40] and renders[-1] == 20 and len(renders) >= 2
     for out in (first, second):
@@ -123,9 +142,16 @@ def test_shallow_diffusion_changes_the_synthesizers_audio(shallow_svc: Svc) -> N
 
 def test_speaker_mix_reaches_the_diffusion_model(diffusion_model: Path) -> None:
     """Upstream fails here (init_spkmix, per-frame weights); it works and keeps the length."""
-    svc = Svc(MINI_G, MINI_CONFIG, device="cpu", encoder_path=TINY_ENCODER,
-              spk_mix_enable=True, shallow_diffusion=True,
-              diffusion_model_path=diffusion_model, diffusion_config_path=None)
+    svc = Svc(
+        MINI_G,
+        MINI_CONFIG,
+        device="cpu",
+        encoder_path=TINY_ENCODER,
+        spk_mix_enable=True,
+        shallow_diffusion=True,
+        diffusion_model_path=diffusion_model,
+        diffusion_config_path=None,
+    )
     clip = sung_clip(0.5, SR, seed=7)
     mix = {0: [[0.0, 1.0, 0.0, 1.0]], 1: [[0.0, 1.0, 1.0, 0.0]], 2: [[0.0, 1.0, 0.0, 0.0]]}
     out = svc.convert_array(clip, SR, mix, use_spk_mix=True, pad_seconds=0.05, k_step=10)
@@ -133,9 +159,15 @@ def test_speaker_mix_reaches_the_diffusion_model(diffusion_model: Path) -> None:
 
 
 def test_only_diffusion_needs_no_synthesizer(diffusion_model: Path) -> None:
-    svc = Svc("no/such/G.pth", None, device="cpu", encoder_path=TINY_ENCODER,
-              only_diffusion=True, diffusion_model_path=diffusion_model,
-              diffusion_config_path=None)
+    svc = Svc(
+        "no/such/G.pth",
+        None,
+        device="cpu",
+        encoder_path=TINY_ENCODER,
+        only_diffusion=True,
+        diffusion_model_path=diffusion_model,
+        diffusion_config_path=None,
+    )
     assert svc.net_g_ms is None and svc.spk2id == SPEAKERS and svc.target_sample == SR
     clip = sung_clip(0.5, SR, seed=8)
     out = svc.convert_array(clip, SR, "bass", pad_seconds=0.05)
@@ -143,8 +175,14 @@ def test_only_diffusion_needs_no_synthesizer(diffusion_model: Path) -> None:
 
 
 def test_enhancer_keeps_length_and_changes_audio() -> None:
-    svc = Svc(MINI_G, MINI_CONFIG, device="cpu", encoder_path=TINY_ENCODER,
-              nsf_hifigan_enhance=True, enhancer_ckpt=VOCODER)
+    svc = Svc(
+        MINI_G,
+        MINI_CONFIG,
+        device="cpu",
+        encoder_path=TINY_ENCODER,
+        nsf_hifigan_enhance=True,
+        enhancer_ckpt=VOCODER,
+    )
     clip = sung_clip(0.4, SR, seed=9)
     enhanced, _, frames = svc.infer("alto", 0, clip)
     shifted, _, _ = svc.infer("alto", 0, clip, enhancer_adaptive_key=4)
@@ -164,8 +202,22 @@ def _song(work: Path, seconds: float = 0.6) -> np.ndarray:
 
 def _cli(work: Path, monkeypatch: pytest.MonkeyPatch, *flags: str | Path) -> int:
     monkeypatch.chdir(work)
-    base = ["-m", str(MINI_G), "-c", str(MINI_CONFIG), "-n", "song.wav", "-s", "tenor",
-            "-wf", "wav", "-p", "0.05", "--encoder_path", str(TINY_ENCODER)]
+    base = [
+        "-m",
+        str(MINI_G),
+        "-c",
+        str(MINI_CONFIG),
+        "-n",
+        "song.wav",
+        "-s",
+        "tenor",
+        "-wf",
+        "wav",
+        "-p",
+        "0.05",
+        "--encoder_path",
+        str(TINY_ENCODER),
+    ]
     return run_cli(inference_main.main, [*base, *map(str, flags)])
 
 
@@ -221,7 +273,8 @@ def test_bad_diffusion_inputs_are_one_line(
 def test_webui_converts_with_shallow_diffusion(diffusion_model: Path, tmp_path: Path) -> None:
     cache = ModelCache(device="cpu", encoder_path=str(TINY_ENCODER))
     choice = ModelChoice(
-        str(MINI_G), str(MINI_CONFIG),
+        str(MINI_G),
+        str(MINI_CONFIG),
         diffusion=DiffusionChoice(shallow=True, model_path=str(diffusion_model), config_path=None),
     )
     svc = cache.get(choice)
@@ -246,13 +299,25 @@ def test_webui_page_handler_passes_the_diffusion_controls(
     actions = _Actions(cache, tmp_path / "logs", tmp_path / "results")
     source = tmp_path / "take.wav"
     soundfile.write(source, sung_clip(0.3, SR, seed=12), SR)
-    model = [None, str(MINI_G), str(MINI_CONFIG), None, False,
-             True, False, str(diffusion_model), "", False]  # shallow, beside-model config
+    model = [
+        None,
+        str(MINI_G),
+        str(MINI_CONFIG),
+        None,
+        False,
+        True,
+        False,
+        str(diffusion_model),
+        "",
+        False,
+    ]  # shallow, beside-model config
     conversion = ["alto", 0, False, "pm", 0.4, -40, 0.05, 20, False, 0]
-    audio, _, status = actions.convert(*model, 0, *conversion, str(source), None,
-                                       progress=lambda *a, **k: None)
+    audio, _, status = actions.convert(
+        *model, 0, *conversion, str(source), None, progress=lambda *a, **k: None
+    )
     assert audio is not None, status
     assert cache.current.shallow_diffusion and "converted to alto" in status
-    _, _, status = actions.convert(*model, 0, *conversion[:7], 5000, False, 0, str(source),
-                                   None, progress=lambda *a, **k: None)
+    _, _, status = actions.convert(
+        *model, 0, *conversion[:7], 5000, False, 0, str(source), None, progress=lambda *a, **k: None
+    )
     assert status.startswith("error: -ks 5000") and cache.loads == 1
