@@ -5,10 +5,12 @@ Upstream's `inference_main.py`:
     python inference_main.py -m logs/44k/G_37600.pth [-c logs/44k/config.json]
         -n song.wav -t 0 -s speaker [-f0p pm|dio|harvest|rmvpe|crepe|fcpe]
         [-cr 0.5 [-cm FILE] [-fr]]
+        [-shd [-ks 100] [-se] | -od] [-dm MODEL -dc CONFIG] [-eh [-eak 0]]
         [--encoder_path FILE] [--f0_weights FILE] [--trust_pickle] ...
 
-Each output is `results/<name>_<key>_<speaker>[_<ratio>]_sovits_<f0 predictor>.<format>`
-with `<key>` `<t>key` (or `auto` with `-a`), as upstream names it. A G file
+Each output is `results/<name>_<key>_<speaker>[_<ratio>]_<kind>_<f0 predictor>.<format>`
+with `<key>` `<t>key` (or `auto` with `-a`) and `<kind>` sovits, sovdiff (-shd)
+or diff (-od), as upstream names it. A G file
 that training wrote carries its config, so `-c` is needed only for upstream's
 files (or to override it).
 """
@@ -27,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import soundfile
 
 from checkpoint.names import generator_path
-from core.components import F0_PREDICTORS
+from core.components import F0_PREDICTORS, NSF_HIFIGAN_WEIGHTS
 from core.errors import UserError
 from core.safe_io import atomic_write
+from inference.diffusion_stage import DEFAULT_DIFFUSION_CONFIG, DEFAULT_DIFFUSION_MODEL
 from preprocessing.runner import run_cli
 
 DEFAULT_KMEANS = "logs/44k/kmeans_10000.pt"
@@ -64,24 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
     add("-lg", "--linear_gradient", type=float, default=0,
         help="crossfade length in seconds between forced clips")
     add("-f0p", "--f0_predictor", default="pm", help="pitch predictor: " + ", ".join(F0_PREDICTORS))
-    add("-eh", "--enhance", action="store_true", help="NSF-HiFiGAN enhancer (not supported)")
+    add("-eh", "--enhance", action="store_true",
+        help="re-render the output with the NSF-HiFiGAN vocoder (off with -shd)")
     add("-shd", "--shallow_diffusion", action="store_true",
-        help="shallow diffusion (not supported)")
+        help="refine the synthesizer's output with the diffusion model (-dm, -dc, -ks)")
     add("-usm", "--use_spk_mix", action="store_true",
         help="mix speakers over time as spkmix.py describes")
     add("-lea", "--loudness_envelope_adjustment", type=float, default=1,
         help="1 keeps the output's loudness envelope, 0 uses the input's")
     add("-fr", "--feature_retrieval", action="store_true",
         help="use feature retrieval instead of the cluster model (-cm/-cr then name the index)")
-    # Shallow diffusion settings (accepted for compatibility).
-    add("-dm", "--diffusion_model_path", default="logs/44k/diffusion/model_0.pt",
-        help="diffusion model (not supported)")
-    add("-dc", "--diffusion_config_path", default="logs/44k/diffusion/config.yaml",
-        help="diffusion config (not supported)")
-    add("-ks", "--k_step", type=int, default=100, help="diffusion steps (not supported)")
+    # Shallow diffusion settings (the sampler and its speedup: the config's infer section).
+    add("-dm", "--diffusion_model_path", default=DEFAULT_DIFFUSION_MODEL,
+        help="diffusion model for -shd/-od")
+    add("-dc", "--diffusion_config_path", default=DEFAULT_DIFFUSION_CONFIG,
+        help="diffusion config for -shd/-od")
+    add("-ks", "--k_step", type=int, default=100,
+        help="shallow diffusion steps (more: closer to the diffusion model, slower)")
     add("-se", "--second_encoding", action="store_true",
-        help="re-encode before diffusion (not supported)")
-    add("-od", "--only_diffusion", action="store_true", help="diffusion only (not supported)")
+        help="with -shd, re-encode the synthesizer's audio for the diffusion model's content")
+    add("-od", "--only_diffusion", action="store_true",
+        help="convert with the diffusion model alone (no synthesizer)")
     # Settings that rarely need changing.
     add("-sd", "--slice_db", type=int, default=-40,
         help="silence threshold in dB (-30 for noisy audio, -50 to keep breaths)")
@@ -93,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("-lgr", "--linear_gradient_retain", type=float, default=0.75,
         help="share of the crossfade kept, in (0, 1]")
     add("-eak", "--enhancer_adaptive_key", type=int, default=0,
-        help="enhancer key adaptation (enhancer not supported)")
+        help="shift the enhancer's range by this many semitones (for high voices)")
     add("-ft", "--f0_filter_threshold", type=float, default=0.05,
         help="voicing threshold of rmvpe, crepe and fcpe, 0-1")
     # This project's additions.
@@ -105,22 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--trust_pickle", action="store_true",
         help="allow reading upstream's pickled cluster/index files (they could run code)")
     add("--spk_mix_path", default="spkmix.py", help="speaker-mix timeline for -usm")
+    add("--enhancer_path", default=NSF_HIFIGAN_WEIGHTS,
+        help="NSF-HiFiGAN weights for -eh (config.json beside them)")
     return parser
 
 
 def _check_supported(args: argparse.Namespace) -> None:
-    """Refuse options that need models this project does not have, before loading anything."""
-    refused = [
-        (args.shallow_diffusion, "-shd/--shallow_diffusion", "shallow diffusion"),
-        (args.only_diffusion, "-od/--only_diffusion", "diffusion-only inference"),
-        (args.second_encoding, "-se/--second_encoding", "second encoding (a diffusion option)"),
-        (args.enhance, "-eh/--enhance", "the NSF-HiFiGAN enhancer"),
-    ]
-    for given, flag, what in refused:
-        if given:
-            raise UserError(
-                f"{flag}: {what} needs a model this project does not provide; run without {flag}"
-            )
+    """Refuse impossible settings before loading anything."""
+    if args.k_step < 1:
+        raise UserError(f"-ks {args.k_step}: must be 1 or more")
     if not 0 <= args.cluster_infer_ratio <= 1:
         raise UserError(f"-cr {args.cluster_infer_ratio}: must be between 0 and 1")
     if not 0 < args.linear_gradient_retain <= 1:
@@ -144,7 +143,8 @@ def result_name(
     """Upstream's output file name for one input and speaker."""
     key = "auto" if args.auto_predict_f0 else f"{tran}key"
     cluster_name = "" if args.cluster_infer_ratio == 0 else f"_{args.cluster_infer_ratio}"
-    suffix = f"sovits_{args.f0_predictor}.{args.wav_format}"
+    kind = "diff" if args.only_diffusion else "sovdiff" if args.shallow_diffusion else "sovits"
+    suffix = f"{kind}_{args.f0_predictor}.{args.wav_format}"
     return f"{clean_name}_{key}_{speaker}{cluster_name}_{suffix}"
 
 
@@ -205,6 +205,9 @@ def convert(
         cr_threshold=args.f0_filter_threshold,
         use_spk_mix=use_spk_mix,
         loudness_envelope_adjustment=args.loudness_envelope_adjustment,
+        k_step=args.k_step,
+        second_encoding=args.second_encoding,
+        enhancer_adaptive_key=args.enhancer_adaptive_key,
     )
     speaker_name = "spk_mix" if use_spk_mix else str(speaker)
     result_path = Path("results") / result_name(clean_name, tran, speaker_name, args)
@@ -232,6 +235,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         encoder_path=args.encoder_path,
         f0_weights=args.f0_weights,
         trust_pickle=args.trust_pickle,
+        nsf_hifigan_enhance=args.enhance,
+        shallow_diffusion=args.shallow_diffusion,
+        only_diffusion=args.only_diffusion,
+        diffusion_model_path=args.diffusion_model_path,
+        diffusion_config_path=args.diffusion_config_path,
+        enhancer_ckpt=args.enhancer_path,
     )
     if not use_spk_mix:
         for speaker in speakers:

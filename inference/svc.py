@@ -14,7 +14,11 @@ half-precision release files) and converts files or arrays the way upstream's
    generator's `infer`;
 3. the padding is cut off, each piece is centred in its original length, and
    clips are joined with linear crossfades;
-4. optionally the input's loudness envelope is mixed into the output (`-lea`).
+4. with shallow diffusion (`-shd`) the generator's audio is refined by the
+   diffusion model and rendered by its vocoder (inference/diffusion_stage.py);
+   with diffusion only (`-od`) there is no generator and the diffusion model
+   makes the audio; the enhancer (`-eh`, inference/enhancer.py) re-renders it;
+5. optionally the input's loudness envelope is mixed into the output (`-lea`).
 
 `infer_features` is the single place that calls the generator, so tools and
 tests can feed it precomputed features.
@@ -38,9 +42,17 @@ from torch.nn import functional as F
 import cluster
 from checkpoint import generator_hparams, load_generator, read_generator_file
 from cluster.feature_index import FeatureRetriever, load_feature_index
+from core.components import NSF_HIFIGAN_WEIGHTS
 from core.errors import UserError
+from diffusion.vocoder import Vocoder
 from feature_files import ENCODER_SAMPLING_RATE
 from inference import slicer
+from inference.diffusion_stage import (
+    DEFAULT_DIFFUSION_CONFIG,
+    DEFAULT_DIFFUSION_MODEL,
+    DiffusionStage,
+)
+from inference.enhancer import Enhancer
 from inference.spk_mix import build_mix_weights
 from modules.f0_utils import VolumeExtractor, repeat_expand_2d
 
@@ -209,14 +221,14 @@ class _PieceConverter:
         return np.concatenate(self.output).astype(np.float32)
 
 
-def _unsupported(option: str, what: str) -> UserError:
-    return UserError(
-        f"{option}: {what} needs a model this project does not provide; run without {option}"
-    )
-
-
 class Svc:
-    """A loaded generator with its speech encoder, pitch predictor and optional retrieval."""
+    """A loaded generator with its speech encoder, pitch predictor and optional retrieval.
+
+    With `shallow_diffusion` the generator's audio is refined by the diffusion
+    model; with `only_diffusion` the generator is not loaded at all and the
+    diffusion config gives the rate, hop, speakers and speech encoder. Each
+    model (generator, diffusion model, vocoder, enhancer) is loaded once here.
+    """
 
     def __init__(
         self,
@@ -232,16 +244,44 @@ class Svc:
         nsf_hifigan_enhance: bool = False,
         shallow_diffusion: bool = False,
         only_diffusion: bool = False,
+        diffusion_model_path: str | os.PathLike = DEFAULT_DIFFUSION_MODEL,
+        diffusion_config_path: str | os.PathLike | None = DEFAULT_DIFFUSION_CONFIG,
+        enhancer_ckpt: str | os.PathLike = NSF_HIFIGAN_WEIGHTS,
     ) -> None:
-        if nsf_hifigan_enhance:
-            raise _unsupported("-eh/--enhance", "the NSF-HiFiGAN enhancer")
-        if shallow_diffusion or only_diffusion:
-            raise _unsupported("-shd/-od", "diffusion")
         self.net_g_path = str(net_g_path)
         self.device = torch.device(
             device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self.dev = self.device  # upstream's attribute name
+        self.only_diffusion = bool(only_diffusion)
+        self.shallow_diffusion = bool(shallow_diffusion) and not self.only_diffusion
+        self.diffusion: DiffusionStage | None = None
+        if self.shallow_diffusion or self.only_diffusion:
+            self.diffusion = DiffusionStage(
+                diffusion_model_path, diffusion_config_path, self.device, self.only_diffusion
+            )
+        if self.only_diffusion:
+            self._describe_from_diffusion()
+        else:
+            self._load_synthesizer(config_path, spk_mix_enable)
+        self._check_diffusion_fits(spk_mix_enable)
+        self.encoder_path = encoder_path
+        self.f0_weights = f0_weights
+        self.volume_extractor = VolumeExtractor(self.hop_size)
+        self.enhancer = self._make_enhancer(nsf_hifigan_enhance, enhancer_ckpt)
+
+        self._speech_encoder: Any = None
+        self._f0_predictor: Any = None
+        self._f0_predictor_key: tuple[str, float] | None = None
+
+        self.feature_retrieval = feature_retrieval
+        self.cluster_model: cluster.ClusterModel | None = None
+        self.retriever: FeatureRetriever | None = None
+        if cluster_model_path:
+            self._load_blending(cluster_model_path, trust_pickle)
+
+    def _load_synthesizer(self, config_path: str | os.PathLike | None, spk_mix: bool) -> None:
+        """The generator and what its config says (rate, hop, speakers, encoder)."""
         checkpoint = read_generator_file(self.net_g_path)
         # The config: `config_path` when given, else the one the file carries.
         self.hps_ms = generator_hparams(checkpoint, self.net_g_path, config_path)
@@ -254,24 +294,55 @@ class Svc:
         self.unit_interpolate_mode = data.unit_interpolate_mode
         self.vol_embedding = bool(model_config.vol_embedding)
         self.speech_encoder_name = model_config.speech_encoder
-        self.encoder_path = encoder_path
-        self.f0_weights = f0_weights
-        self.volume_extractor = VolumeExtractor(self.hop_size)
-
         self.net_g_ms = load_generator(self.net_g_path, self.hps_ms, self.device, checkpoint)
         self.dtype = next(self.net_g_ms.parameters()).dtype
-        if spk_mix_enable:
+        self.n_speakers = int(self.net_g_ms.emb_g.num_embeddings)
+        self.content_width = int(self.net_g_ms.ssl_dim)
+        if spk_mix:
             self.net_g_ms.EnableCharacterMix(len(self.spk2id), self.device)
 
-        self._speech_encoder: Any = None
-        self._f0_predictor: Any = None
-        self._f0_predictor_key: tuple[str, float] | None = None
+    def _describe_from_diffusion(self) -> None:
+        """Diffusion only (upstream's -od): no generator; the diffusion config says it all."""
+        assert self.diffusion is not None
+        config, model = self.diffusion.config, self.diffusion.model
+        self.hps_ms = None
+        self.net_g_ms = None  # type: ignore[assignment]
+        self.target_sample = int(config.data.sampling_rate)
+        self.hop_size = int(config.data.block_size)
+        self.spk2id = dict(config.spk)
+        self.unit_interpolate_mode = config.data.unit_interpolate_mode
+        self.vol_embedding = False
+        self.speech_encoder_name = config.data.encoder
+        self.dtype = torch.float32
+        self.n_speakers = max(int(model.n_spk or 1), 1)
+        self.content_width = int(model.input_channel)
 
-        self.feature_retrieval = feature_retrieval
-        self.cluster_model: cluster.ClusterModel | None = None
-        self.retriever: FeatureRetriever | None = None
-        if cluster_model_path:
-            self._load_blending(cluster_model_path, trust_pickle)
+    def _check_diffusion_fits(self, spk_mix: bool) -> None:
+        """The diffusion model must read the synthesizer's frames, content and speakers."""
+        if self.diffusion is None:
+            return
+        what = "the diffusion data" if self.only_diffusion else f"{self.net_g_path} works"
+        self.diffusion.check_fits(self.target_sample, self.hop_size, what)
+        width = self.diffusion.model.input_channel
+        if width != self.content_width:
+            raise UserError(
+                f"{self.diffusion.model_path}: the diffusion model reads {width}-wide content "
+                f"but {self.net_g_path} uses {self.content_width}: train the diffusion model "
+                f"with the synthesizer's speech encoder ({self.speech_encoder_name})"
+            )
+        if spk_mix:
+            self.diffusion.model.init_spkmix(len(self.spk2id))
+
+    def _make_enhancer(self, enhance: bool, ckpt: str | os.PathLike) -> Enhancer | None:
+        """The enhancer, sharing the diffusion's vocoder when it is the same file."""
+        if not enhance:
+            return None
+        if self.shallow_diffusion:
+            logger.warning("-eh is off with shallow diffusion (its vocoder already renders)")
+            return None
+        if self.diffusion is not None and Path(self.diffusion.vocoder.vocoder_ckpt) == Path(ckpt):
+            return Enhancer(self.diffusion.vocoder)
+        return Enhancer(Vocoder("nsf-hifigan", ckpt, self.device))
 
     def _load_blending(self, path: str | os.PathLike, trust_pickle: bool) -> None:
         """The feature index (with feature retrieval) or the cluster model at `path`."""
@@ -296,10 +367,10 @@ class Svc:
             encoder = load_speech_encoder(
                 self.speech_encoder_name, weights_path=self.encoder_path, device=self.device
             )
-            if encoder.dim != self.net_g_ms.ssl_dim:
+            if encoder.dim != self.content_width:
                 raise UserError(
                     f"speech encoder {self.speech_encoder_name} gives {encoder.dim}-wide "
-                    f"features but the model expects ssl_dim {self.net_g_ms.ssl_dim}: "
+                    f"features but the model expects ssl_dim {self.content_width}: "
                     "use the encoder weights the model was trained with (--encoder_path)"
                 )
             self._speech_encoder = encoder
@@ -330,8 +401,7 @@ class Svc:
             return self.spk2id[speaker]
         if isinstance(speaker, str) and speaker.strip().isdigit():
             speaker = int(speaker)
-        n_embeddings = self.net_g_ms.emb_g.num_embeddings
-        if isinstance(speaker, int) and 0 <= speaker < n_embeddings:
+        if isinstance(speaker, int) and 0 <= speaker < self.n_speakers:
             return speaker
         raise UserError(
             f"speaker {speaker!r} is not in the config; choose one of: "
@@ -372,17 +442,21 @@ class Svc:
         f0 = (f0 * 2 ** (tran / 12)).unsqueeze(0)
         uv = uv.unsqueeze(0)
 
+        content = self.encode(wav, f0.shape[1])
+        if cluster_infer_ratio != 0 and speaker is not None:
+            content = self._blend_with_speaker(content, speaker, cluster_infer_ratio)
+        return content.unsqueeze(0), f0, uv
+
+    def encode(self, wav: np.ndarray, n_frames: int) -> torch.Tensor:
+        """Content (D, n_frames) of mono audio at the model's rate, from the speech encoder."""
         wav16k = librosa.resample(
             np.asarray(wav, dtype=np.float32),
             orig_sr=self.target_sample,
             target_sr=ENCODER_SAMPLING_RATE,
         )
         content = self.speech_encoder.encode(torch.from_numpy(wav16k).to(self.device))
-        content = repeat_expand_2d(content.squeeze(0), f0.shape[1], self.unit_interpolate_mode)
-        content = content.to(self.device)
-        if cluster_infer_ratio != 0 and speaker is not None:
-            content = self._blend_with_speaker(content, speaker, cluster_infer_ratio)
-        return content.unsqueeze(0), f0, uv
+        content = repeat_expand_2d(content.squeeze(0), n_frames, self.unit_interpolate_mode)
+        return content.to(self.device)
 
     def _blend_with_speaker(
         self, content: torch.Tensor, speaker: str | int, ratio: float
@@ -405,6 +479,39 @@ class Svc:
 
     # ------------------------------------------------------------------ synthesis
 
+    def synthesize(
+        self,
+        c: torch.Tensor,
+        f0: torch.Tensor,
+        uv: torch.Tensor,
+        speaker: SpeakerSpec,
+        vol: torch.Tensor | None = None,
+        noise_scale: float = 0.4,
+        seed: int = DEFAULT_SEED,
+        predict_f0: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The generator's audio (T * hop,) float32 and the pitch (1, T) it sang.
+
+        Content c (1, D, T), pitch f0 (1, T), voicing uv (1, T); `speaker` is a
+        name, an id, or per-frame mix weights (T, n_speakers). The pitch is f0
+        unless `predict_f0` has the generator predict it.
+        """
+        if self.net_g_ms is None:
+            raise UserError("diffusion only (-od) has no synthesizer: run without -od to use it")
+        as_model = {"device": self.device, "dtype": self.dtype}
+        with torch.no_grad():
+            audio, sung = self.net_g_ms.infer(
+                c.to(**as_model),
+                f0=f0.to(**as_model),
+                uv=uv.to(**as_model),
+                g=self._speaker_tensor(speaker),
+                noice_scale=noise_scale,
+                seed=seed,
+                predict_f0=predict_f0,
+                vol=None if vol is None else vol.to(**as_model),
+            )
+        return audio[0, 0].float(), sung.float().reshape(1, -1)
+
     def infer_features(
         self,
         c: torch.Tensor,
@@ -416,23 +523,44 @@ class Svc:
         seed: int = DEFAULT_SEED,
         predict_f0: bool = False,
     ) -> torch.Tensor:
-        """Audio (T * hop,) float32 from content (1, D, T), pitch (1, T), voicing (1, T).
+        """Audio (T * hop,) float32 from content (1, D, T), pitch (1, T), voicing (1, T)."""
+        audio, _ = self.synthesize(c, f0, uv, speaker, vol, noise_scale, seed, predict_f0)
+        return audio
 
-        `speaker` is a name, an id, or per-frame mix weights (T, n_speakers).
+    def _diffuse(
+        self,
+        wav: np.ndarray,
+        audio: torch.Tensor | None,
+        c: torch.Tensor,
+        f0: torch.Tensor,
+        vol: torch.Tensor | None,
+        speaker: SpeakerSpec,
+        k_step: int,
+        second_encoding: bool,
+    ) -> torch.Tensor:
+        """The diffusion stage: refine the generator's `audio`, or make audio from noise.
+
+        Loudness is the input's when the generator embeds it (or without a
+        generator), else that of the generator's audio, as upstream does.
         """
-        as_model = {"device": self.device, "dtype": self.dtype}
-        with torch.no_grad():
-            audio, _ = self.net_g_ms.infer(
-                c.to(**as_model),
-                f0=f0.to(**as_model),
-                uv=uv.to(**as_model),
-                g=self._speaker_tensor(speaker),
-                noice_scale=noise_scale,
-                seed=seed,
-                predict_f0=predict_f0,
-                vol=None if vol is None else vol.to(**as_model),
-            )
-        return audio[0, 0].float()
+        assert self.diffusion is not None
+        source = torch.from_numpy(wav).to(self.device) if audio is None else audio
+        if vol is None:
+            vol = self.volume_extractor.extract(source[None, :].float())
+        mel = None
+        if audio is not None:
+            mel = self.diffusion.vocoder.extract(audio[None, :], self.target_sample)
+            if second_encoding:
+                c = self.encode(audio.detach().cpu().numpy(), f0.shape[1]).unsqueeze(0)
+        return self.diffusion.render(c, f0, vol, self._speaker_tensor(speaker), mel, k_step)
+
+    def _mix_weights(self, weights: torch.Tensor, frame: int, n_frames: int) -> torch.Tensor:
+        """This piece's columns of the (n_speakers, total) timeline, as (n_frames, n_speakers)."""
+        weights = weights[:, frame : frame + n_frames]
+        if weights.shape[1] < n_frames:  # the timeline ran short: hold its last column
+            tail = weights[:, -1:].expand(-1, n_frames - weights.shape[1])
+            weights = torch.cat([weights, tail], dim=1)
+        return weights.transpose(0, 1)
 
     def infer(
         self,
@@ -447,6 +575,9 @@ class Svc:
         frame: int = 0,
         spk_mix: bool = False,
         loudness_envelope_adjustment: float = 1,
+        k_step: int = 100,
+        second_encoding: bool = False,
+        enhancer_adaptive_key: float = 0,
     ) -> tuple[torch.Tensor, int, int]:
         """Convert one piece of audio; returns (audio, its length, pitch frames used).
 
@@ -459,26 +590,27 @@ class Svc:
         else:
             wav, _ = librosa.load(raw_path, sr=self.target_sample, mono=True)
         started = time.time()
-        if spk_mix:
-            c, f0, uv = self.get_unit_f0(wav, tran, 0, None, f0_predictor, cr_threshold)
-            n_frames = f0.shape[1]
-            weights = speaker[:, frame : frame + n_frames]
-            if weights.shape[1] < n_frames:  # the timeline ran short: hold its last column
-                tail = weights[:, -1:].expand(-1, n_frames - weights.shape[1])
-                weights = torch.cat([weights, tail], dim=1)
-            sid: SpeakerSpec = weights.transpose(0, 1)
-        else:
-            sid = speaker
-            c, f0, uv = self.get_unit_f0(
-                wav, tran, cluster_infer_ratio, speaker, f0_predictor, cr_threshold
-            )
-            n_frames = f0.shape[1]
+        ratio = 0 if spk_mix else cluster_infer_ratio
+        c, f0, uv = self.get_unit_f0(
+            wav, tran, ratio, None if spk_mix else speaker, f0_predictor, cr_threshold
+        )
+        n_frames = f0.shape[1]
+        sid = self._mix_weights(speaker, frame, n_frames) if spk_mix else speaker
         vol = None
         if self.vol_embedding:
             vol = self.volume_extractor.extract(torch.from_numpy(wav)[None, :]).to(self.device)
-        audio = self.infer_features(
-            c, f0, uv, sid, vol=vol, noise_scale=noice_scale, predict_f0=auto_predict_f0
-        )
+        audio = None
+        if self.net_g_ms is not None:
+            audio, f0 = self.synthesize(
+                c, f0, uv, sid, vol=vol, noise_scale=noice_scale, predict_f0=auto_predict_f0
+            )
+        if self.diffusion is not None:
+            audio = self._diffuse(wav, audio, c, f0, vol, sid, k_step, second_encoding)
+        assert audio is not None
+        if self.enhancer is not None:
+            audio = self.enhancer.enhance(
+                audio, self.target_sample, f0, self.hop_size, enhancer_adaptive_key
+            )
         if loudness_envelope_adjustment != 1:
             audio = change_rms(
                 wav, self.target_sample, audio, self.target_sample, loudness_envelope_adjustment
@@ -540,6 +672,9 @@ class Svc:
         use_spk_mix: bool = False,
         loudness_envelope_adjustment: float = 1,
         progress: Callable[[float], None] | None = None,
+        k_step: int = 100,
+        second_encoding: bool = False,
+        enhancer_adaptive_key: float = 0,
     ) -> np.ndarray:
         """Convert a whole mono recording; returns float32 audio at `target_sample`.
 
@@ -547,6 +682,8 @@ class Svc:
         `progress`, when given, is called with the share of the input done (0-1)
         after every piece, so a UI can show how far a long song is.
         """
+        if self.shallow_diffusion and self.diffusion is not None:
+            self.diffusion.check_k_step(k_step)
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim == 2:  # (samples, channels)
             audio = audio.mean(axis=1)
@@ -561,13 +698,8 @@ class Svc:
                 speaker, pieces, sampling_rate, per_size, lg_size, pad_seconds
             )
         convert = _PieceConverter(
-            svc=self,
-            target=target,
-            transpose=transpose,
-            sampling_rate=sampling_rate,
-            pad_seconds=pad_seconds,
-            clip_samples=per_size,
-            overlap_samples=lg_size,
+            svc=self, target=target, transpose=transpose, sampling_rate=sampling_rate,
+            pad_seconds=pad_seconds, clip_samples=per_size, overlap_samples=lg_size,
             crossfade=_Crossfade.at_rate(
                 linear_gradient, linear_gradient_retain, self.target_sample
             ),
@@ -575,6 +707,8 @@ class Svc:
                 cluster_infer_ratio=cluster_infer_ratio, auto_predict_f0=auto_predict_f0,
                 noice_scale=noise_scale, f0_predictor=f0_predictor, cr_threshold=cr_threshold,
                 spk_mix=use_spk_mix, loudness_envelope_adjustment=loudness_envelope_adjustment,
+                k_step=k_step, second_encoding=second_encoding,
+                enhancer_adaptive_key=enhancer_adaptive_key,
             ),
         )
         return convert.run(pieces, len(audio), progress)
@@ -600,13 +734,7 @@ class Svc:
         second_encoding: bool = False,
         loudness_envelope_adjustment: float = 1,
     ) -> np.ndarray:
-        """Upstream's entry: convert an audio file (any format libsndfile or librosa reads).
-
-        `enhancer_adaptive_key` and `k_step` belong to models this project does
-        not have and are ignored; `second_encoding` is refused.
-        """
-        if second_encoding:
-            raise _unsupported("-se/--second_encoding", "second encoding before diffusion")
+        """Upstream's entry: convert an audio file (any format libsndfile or librosa reads)."""
         source = raw_audio_path
         if isinstance(source, str | os.PathLike) and not Path(source).is_file():
             raise UserError(f"{source}: input audio not found")
@@ -631,6 +759,9 @@ class Svc:
             cr_threshold=cr_threshold,
             use_spk_mix=use_spk_mix,
             loudness_envelope_adjustment=loudness_envelope_adjustment,
+            k_step=k_step,
+            second_encoding=second_encoding,
+            enhancer_adaptive_key=enhancer_adaptive_key,
         )
 
     def clear_empty(self) -> None:
@@ -641,6 +772,8 @@ class Svc:
     def unload_model(self) -> None:
         """Drop the generator and encoders (upstream's WebUI calls this)."""
         self.net_g_ms = None  # type: ignore[assignment]
+        self.diffusion = None
+        self.enhancer = None
         self._speech_encoder = None
         self._f0_predictor = None
         self.clear_empty()

@@ -29,6 +29,7 @@ import soundfile
 from checkpoint.names import GENERATOR_FILES, newest_generator
 from core.errors import UserError
 from core.safe_io import atomic_write
+from inference.diffusion_stage import DEFAULT_DIFFUSION_CONFIG, DEFAULT_DIFFUSION_MODEL
 
 logger = logging.getLogger("so-vits-svc.webui")
 
@@ -40,6 +41,27 @@ NO_AUDIO = "no input audio: upload a file or record one, then press Convert"
 
 
 @dataclass(frozen=True)
+class DiffusionChoice:
+    """Shallow diffusion, diffusion only and the enhancer: `inference_main.py`'s -shd/-od/-eh."""
+
+    shallow: bool = False
+    only: bool = False
+    model_path: str = DEFAULT_DIFFUSION_MODEL
+    config_path: str | None = DEFAULT_DIFFUSION_CONFIG  # None: config.yaml beside the model
+    enhance: bool = False
+
+    def svc_options(self) -> dict[str, Any]:
+        """The `Svc` arguments for this choice."""
+        return {
+            "shallow_diffusion": self.shallow,
+            "only_diffusion": self.only,
+            "diffusion_model_path": self.model_path,
+            "diffusion_config_path": self.config_path,
+            "nsf_hifigan_enhance": self.enhance,
+        }
+
+
+@dataclass(frozen=True)
 class ModelChoice:
     """The files one loaded model is made of; equal choices share one loaded `Svc`."""
 
@@ -47,6 +69,7 @@ class ModelChoice:
     config_path: str | None  # None: the one the model file carries
     cluster_path: str | None = None
     feature_retrieval: bool = False
+    diffusion: DiffusionChoice = DiffusionChoice()
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,9 @@ class ConvertSettings:
     slice_db: float = -40
     pad_seconds: float = 0.5
     cluster_ratio: float = 0
+    k_step: int = 100
+    second_encoding: bool = False
+    enhancer_adaptive_key: float = 0
 
 
 def folder_model(folder: str | os.PathLike) -> tuple[Path, Path]:
@@ -99,6 +125,7 @@ def resolve_choice(
     uploaded_config: str | None,
     cluster_path: str | None = None,
     feature_retrieval: bool = False,
+    diffusion: DiffusionChoice | None = None,
 ) -> ModelChoice:
     """Uploaded files win over the folder; an uploaded model may carry its own config."""
     if uploaded_model or uploaded_config:
@@ -115,6 +142,7 @@ def resolve_choice(
         None if config is None else str(config),
         cluster_path or None,
         bool(feature_retrieval),
+        diffusion or DiffusionChoice(),
     )
 
 
@@ -164,6 +192,7 @@ class ModelCache:
                 choice.config_path,
                 cluster_model_path=choice.cluster_path,
                 feature_retrieval=choice.feature_retrieval,
+                **choice.diffusion.svc_options(),
                 **self._options,
             )
             self.loads += 1
@@ -228,6 +257,9 @@ def convert_file(
             pad_seconds=settings.pad_seconds,
             f0_predictor=settings.f0_predictor,
             progress=progress,
+            k_step=settings.k_step,
+            second_encoding=settings.second_encoding,
+            enhancer_adaptive_key=settings.enhancer_adaptive_key,
         )
     finally:  # a failed conversion (GPU out of memory) gives its cached memory back too
         svc.clear_empty()

@@ -17,8 +17,10 @@ import gradio as gr
 
 from checkpoint.names import GENERATOR_FILES
 from core.components import F0_PREDICTORS
+from inference.diffusion_stage import DEFAULT_DIFFUSION_CONFIG, DEFAULT_DIFFUSION_MODEL
 from inference.webui_app import (
     ConvertSettings,
+    DiffusionChoice,
     ModelCache,
     convert_file,
     error_message,
@@ -45,9 +47,13 @@ class _Actions:
         ]
 
     def load(self, folder: str | None, model_file: str | None, config_file: str | None,
-             cluster_file: str | None, retrieval: bool) -> tuple[str, Any]:
+             cluster_file: str | None, retrieval: bool, shallow: bool, only: bool,
+             diffusion_model: str, diffusion_config: str, enhance: bool) -> tuple[str, Any]:
         try:
-            choice = resolve_choice(folder, model_file, config_file, cluster_file, retrieval)
+            diffusion = _diffusion(shallow, only, diffusion_model, diffusion_config, enhance)
+            choice = resolve_choice(
+                folder, model_file, config_file, cluster_file, retrieval, diffusion
+            )
             svc = self.cache.get(choice)
         except Exception as error:  # shown in the page; the server keeps serving
             return error_message(error), gr.update()
@@ -59,15 +65,18 @@ class _Actions:
         return status, gr.update(choices=names, value=names[0])
 
     def convert(self, folder: str | None, model_file: str | None, config_file: str | None,
-                cluster_file: str | None, retrieval: bool, cluster_ratio: float,
-                speaker: str | None, transpose: float, auto_f0: bool, f0_predictor: str,
-                noise_scale: float, slice_db: float, pad_seconds: float,
+                cluster_file: str | None, retrieval: bool, shallow: bool, only: bool,
+                diffusion_model: str, diffusion_config: str, enhance: bool,
+                cluster_ratio: float, speaker: str | None, transpose: float, auto_f0: bool,
+                f0_predictor: str, noise_scale: float, slice_db: float, pad_seconds: float,
+                k_step: float, second_encoding: bool, enhancer_key: float,
                 audio_file: str | None, recording: str | None,
                 progress: Any = gr.Progress()) -> tuple[Any, Any, str]:  # noqa: B008
         # (gradio finds the progress bar by this default value)
         try:
+            diffusion = _diffusion(shallow, only, diffusion_model, diffusion_config, enhance)
             svc = self.cache.get(
-                resolve_choice(folder, model_file, config_file, cluster_file, retrieval)
+                resolve_choice(folder, model_file, config_file, cluster_file, retrieval, diffusion)
             )
             settings = ConvertSettings(
                 speaker=str(speaker) if speaker else speakers(svc)[0],
@@ -78,6 +87,9 @@ class _Actions:
                 slice_db=float(slice_db),
                 pad_seconds=float(pad_seconds),
                 cluster_ratio=float(cluster_ratio),
+                k_step=int(k_step),
+                second_encoding=bool(second_encoding),
+                enhancer_adaptive_key=float(enhancer_key),
             )
             progress(0, desc="converting")
             out_path, rate, length = convert_file(
@@ -91,6 +103,28 @@ class _Actions:
             f"({length / rate:.2f} s)"
         )
         return str(out_path), str(out_path), status
+
+
+def _diffusion(
+    shallow: bool, only: bool, model: str, config: str, enhance: bool
+) -> DiffusionChoice:
+    """The page's diffusion controls as a choice (an empty config box: the one beside the model)."""
+    return DiffusionChoice(
+        bool(shallow), bool(only), model or DEFAULT_DIFFUSION_MODEL, config or None, bool(enhance)
+    )
+
+
+def _diffusion_controls(controls: dict[str, Any]) -> None:
+    """Shallow diffusion, diffusion only and the enhancer (inference_main.py's -shd/-od/-eh)."""
+    with gr.Accordion("Shallow diffusion and enhancer (optional)", open=False):
+        controls["shallow"] = gr.Checkbox(label="Shallow diffusion (refine the output)")
+        controls["only"] = gr.Checkbox(label="Diffusion only (no synthesizer)")
+        controls["diffusion_model"] = gr.Textbox(value=DEFAULT_DIFFUSION_MODEL,
+                                                 label="Diffusion model")
+        controls["diffusion_config"] = gr.Textbox(
+            value=DEFAULT_DIFFUSION_CONFIG, label="Diffusion config (empty: beside the model)"
+        )
+        controls["enhance"] = gr.Checkbox(label="NSF-HiFiGAN enhancer (off with shallow diffusion)")
 
 
 def _model_controls(folders: list[tuple[str, str]]) -> dict[str, Any]:
@@ -116,6 +150,7 @@ def _model_controls(folders: list[tuple[str, str]]) -> dict[str, Any]:
         controls["retrieval"] = gr.Checkbox(label="The file is a feature index (retrieval)")
         controls["cluster_ratio"] = gr.Slider(0, 1, value=0, step=0.05,
                                               label="Cluster / index ratio (0: off)")
+    _diffusion_controls(controls)
     controls["load"] = gr.Button("Load model", elem_id="load_model")
     controls["model_status"] = gr.Textbox(label="Model status", interactive=False,
                                           elem_id="model_status")
@@ -133,6 +168,9 @@ def _conversion_controls() -> list[Any]:
         gr.Slider(0, 1, value=0.4, step=0.01, label="Noise scale"),
         gr.Slider(-100, 0, value=-40, step=1, label="Slicing threshold (dB)"),
         gr.Slider(0, 2, value=0.5, step=0.05, label="Pad seconds"),
+        gr.Slider(1, 1000, value=100, step=1, label="Shallow diffusion steps (k_step)"),
+        gr.Checkbox(label="Second encoding (shallow diffusion)"),
+        gr.Slider(-12, 12, value=0, step=1, label="Enhancer adaptive key (semitones)"),
     ]
 
 
@@ -175,7 +213,8 @@ def build_page(cache: ModelCache, logs_dir: str | os.PathLike, out_dir: str | No
             lambda: gr.update(choices=actions.folder_choices()), outputs=model["folder"]
         )
         model_inputs = [model[name] for name in
-                        ("folder", "model_file", "config_file", "cluster_file", "retrieval")]
+                        ("folder", "model_file", "config_file", "cluster_file", "retrieval",
+                         "shallow", "only", "diffusion_model", "diffusion_config", "enhance")]
         model["load"].click(
             actions.load, inputs=model_inputs, outputs=[model["model_status"], conversion[0]]
         )

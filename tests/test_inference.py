@@ -154,17 +154,31 @@ def test_helpers_follow_upstream() -> None:
 # --------------------------------------------------------------------------- command line
 
 
-@pytest.mark.parametrize("flag", ["-shd", "-od", "-se", "-eh"])
-def test_unsupported_options_exit_2(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli(inference_main.main, [flag]) == 2
+@pytest.mark.parametrize(
+    ("flag", "missing"),
+    [("-shd", "logs/44k/diffusion/model_0.pt"), ("-od", "logs/44k/diffusion/model_0.pt"),
+     ("-eh", "pretrain/nsf_hifigan/config.json")],
+)
+def test_diffusion_flags_without_their_models_exit_2(
+    flag: str, missing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "raw").mkdir()
+    soundfile.write(tmp_path / "raw" / "song.wav", sung_clip(0.2, MINI_SR), MINI_SR)
+    monkeypatch.chdir(tmp_path)
+    argv = [flag, "-n", "song.wav", "-m", str(UPSTREAM / "mini_G.pth"),
+            "-c", str(UPSTREAM / "mini_config.json"), "-s", "alto"]
+    assert run_cli(inference_main.main, argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and flag in err and "\n" not in err
+    assert err.startswith(f"error: {missing}") and "\n" not in err
 
 
-def test_unsupported_option_exit_2_as_a_command(tmp_path: Path) -> None:
-    result = run_script("inference_main.py", "-shd", cwd=tmp_path, timeout=120)
+def test_missing_diffusion_model_exit_2_as_a_command(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    soundfile.write(tmp_path / "raw" / "song.wav", sung_clip(0.2, MINI_SR), MINI_SR)
+    result = run_script("inference_main.py", "-shd", "-n", "song.wav", cwd=tmp_path, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: -shd")
+    assert result.stderr.strip().startswith("error: logs/44k/diffusion/model_0.pt")
     assert "Traceback" not in result.stderr
 
 
