@@ -16,7 +16,13 @@ from typing import Any
 
 import torch
 
-from checkpoint import build_generator, load_checkpoint, read_checkpoint
+from checkpoint import (
+    POSTERIOR_ENCODER_PREFIX,
+    build_generator,
+    load_checkpoint,
+    read_checkpoint,
+    saved_model_state,
+)
 from core.config_schema import validate_config
 from core.errors import UserError
 from core.hparams import HParams, read_config_json
@@ -53,6 +59,12 @@ def load_generator_for_evaluation(
         raise UserError(f"{path}: model not found: pass a G_*.pth file with -m")
     checkpoint = read_checkpoint(path)
     generator = build_generator(hps)
+    keys = saved_model_state(checkpoint, generator.state_dict().keys())
+    if not any(key.startswith(POSTERIOR_ENCODER_PREFIX) for key in keys):
+        raise UserError(
+            f"{path}: has no posterior encoder (a release file from compress_model.py?), "
+            "which the training-path figure needs: evaluate a training G_*.pth"
+        )
     load_checkpoint(path, generator, strict=True, checkpoint=checkpoint)
     state = checkpoint.get("train_state")
     step = state.get("step") if isinstance(state, dict) else None

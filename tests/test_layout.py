@@ -18,7 +18,9 @@ from preprocessing import features, flist_config
 from tests.helpers_data import make_config
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("checkpoint", "cluster", "core", "demo", "inference", "modules", "preprocessing")
+PACKAGES = (
+    "checkpoint", "cluster", "core", "demo", "evaluation", "inference", "modules", "preprocessing"
+)
 
 
 def project_modules() -> dict[str, Path]:

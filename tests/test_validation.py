@@ -196,8 +196,23 @@ def test_evaluate_command_prints_and_writes_the_library_figures(tiny, capsys):
     save_checkpoint(generator, None, 1e-4, 1, model_path)
     out = root / "figures.json"
     train_list = str(data["train_list"])
-    assert evaluate_main(["-c", str(config_path), "-m", str(model_path), "-f", train_list,
-                          "--json", str(out), "-d", "cpu"]) == 0
+    assert (
+        evaluate_main(
+            [
+                "-c",
+                str(config_path),
+                "-m",
+                str(model_path),
+                "-f",
+                train_list,
+                "--json",
+                str(out),
+                "-d",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"G_7.pth (step 7) on {train_list}:" in printed and "recon mel distance" in printed
     written = json.loads(out.read_text())
@@ -206,3 +221,8 @@ def test_evaluate_command_prints_and_writes_the_library_figures(tiny, capsys):
     assert written["step"] == 7 and written["filelist"] == train_list
     with pytest.raises(UserError, match="model not found"):
         evaluate_main(["-c", str(config_path), "-m", str(root / "G_404.pth")])
+    release = torch.load(model_path, weights_only=True)
+    release["model"] = {k: v for k, v in release["model"].items() if not k.startswith("enc_q.")}
+    torch.save(release, root / "release.pth")
+    with pytest.raises(UserError, match="has no posterior encoder"):
+        evaluate_main(["-c", str(config_path), "-m", str(root / "release.pth")])
