@@ -101,14 +101,19 @@ class Encoder(nn.Module):
         self.proj = nn.Conv1d(hidden_channels, out_channels * 2, 1)
 
     def forward(
-        self, x: torch.Tensor, x_lengths: torch.Tensor, g: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        x_lengths: torch.Tensor,
+        g: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`generator` (default: the global stream) draws the posterior sample."""
         x_mask = commons.sequence_mask(x_lengths, x.size(2)).unsqueeze(1).to(x.dtype)
         x = self.pre(x) * x_mask
         x = self.enc(x, x_mask, g=g)
         stats = self.proj(x) * x_mask
         m, logs = torch.split(stats, self.out_channels, dim=1)
-        z = (m + commons.draw_randn(m.shape, None, m) * torch.exp(logs)) * x_mask
+        z = (m + commons.draw_randn(m.shape, generator, m) * torch.exp(logs)) * x_mask
         return z, m, logs, x_mask
 
 
@@ -445,6 +450,21 @@ class SynthesizerTrn(nn.Module):
         z = self.flow(z_p, c_mask, g=g, reverse=True)
         audio = self.dec(z * c_mask, g=g, f0=f0, generator=generator)
         return audio, f0
+
+    @torch.no_grad()
+    def reconstruct(
+        self, spec: torch.Tensor, f0: torch.Tensor, g: torch.Tensor, seed: int = 52468
+    ) -> torch.Tensor:
+        """Decode the posterior of the whole spectrogram spec (B, F, T): the training path.
+
+        The training step decodes a random slice of this; evaluation decodes it
+        all, with every draw from a local generator seeded with `seed`.
+        """
+        generator = torch.Generator(device=spec.device).manual_seed(seed)
+        lengths = torch.full((spec.size(0),), spec.size(-1), dtype=torch.long, device=spec.device)
+        speaker = self._speaker(g)
+        z, _, _, _ = self.enc_q(spec, lengths, g=speaker, generator=generator)
+        return self.dec(z, g=speaker, f0=f0, generator=generator)
 
     def remove_weight_norm(self) -> None:
         """Fold all weight norms into plain weights (faster inference; keys change)."""

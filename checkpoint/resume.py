@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,17 +42,22 @@ def remove_stale_temp_files(model_dir: str | os.PathLike) -> list[str]:
     return remove_temp_files(checkpoint_temp_files(model_dir))
 
 
-def clean_checkpoints(path_to_models: str | os.PathLike, n_ckpts_to_keep: int = 2) -> list[str]:
+def clean_checkpoints(
+    path_to_models: str | os.PathLike,
+    n_ckpts_to_keep: int = 2,
+    protect: Collection[int] = (),
+) -> list[str]:
     """Delete all but the newest `n_ckpts_to_keep` G/D pairs; never G_0/D_0.
 
-    `n_ckpts_to_keep` of 0 or less keeps everything, as upstream. Returns the
-    removed paths.
+    `n_ckpts_to_keep` of 0 or less keeps everything, as upstream. The pairs of
+    the steps in `protect` (the best checkpoint so far) are kept beside the
+    newest ones. Returns the removed paths.
     """
     if n_ckpts_to_keep <= 0:
         return []
     steps = [step for step in checkpoint_steps(path_to_models) if step != 0]
     removed = []
-    for step in steps[n_ckpts_to_keep:]:
+    for step in (step for step in steps[n_ckpts_to_keep:] if step not in protect):
         pair = (generator_path(path_to_models, step), discriminator_path(path_to_models, step))
         for path in pair:
             if path.exists():

@@ -111,6 +111,14 @@ SCHEMA: tuple[KeySpec, ...] = tuple(
                 None,
                 "added",
             ),
+            (
+                "patience",
+                "int_or_null",
+                "Stop after this many evaluations without a new best validation mel "
+                "distance; null = never.",
+                None,
+                "added",
+            ),
         ],
     )
     + _spec(
@@ -259,6 +267,9 @@ def _train_values(train: Mapping[str, Any], data: Mapping[str, Any]) -> list[str
         value = train.get(name)
         if _is_number(value) and value < 0:
             problems.append(f"train.{name} is {value}; it must be 0 or more")
+    patience = train.get("patience")
+    if _is_int(patience) and patience < 1:
+        problems.append(f"train.patience is {patience}; use 1 or more, or null to never stop")
     betas = train.get("betas")
     if _check_type("float_pair", betas) is None and not all(0 <= b < 1 for b in betas):
         problems.append(f"train.betas is {betas}; both must be in [0, 1), e.g. [0.8, 0.99]")

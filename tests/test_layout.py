@@ -19,7 +19,8 @@ from tests.helpers_data import make_config
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = (
-    "checkpoint", "cluster", "core", "demo", "diffusion", "inference", "modules", "preprocessing"
+    "checkpoint", "cluster", "core", "demo", "diffusion", "evaluation", "inference", "modules",
+    "preprocessing",
 )
 
 
