@@ -1,23 +1,18 @@
 """Train a so-vits-svc 4.1 voice: `python train.py -c configs/config.json -m 44k`.
 
-Rerunning the same command resumes. The model folder is `./logs/<name>`;
-`tensorboard --logdir logs` shows the run. Under `torchrun` every process joins
-the launcher's group; otherwise this script starts one process per GPU (or
-`--nprocs` CPU processes) itself.
-
-Reading order, top to bottom: the arguments and the checks before anything
-starts (`prepare_run`), the launch (`main`, `train_worker`), then `Trainer`:
-building the data, models and optimizers, resuming, one GAN step in three
-parts (the generator's forward, the discriminator's update, the generator's
-update), logging, evaluation and saving. The epoch loop, launching, the
-optimizer step and the resume agreement are shared with every trainer of
-this project: `core/training_loop.py`, `core/launching.py`,
-`core/optimization.py`, `checkpoint/agreement.py`.
+Rerunning the same command resumes; `tensorboard --logdir logs` shows the run.
+Top to bottom: the checks before anything starts, the launch (torchrun, or one
+process per GPU / `--nprocs` CPU processes), then `Trainer`: building, resuming,
+one GAN step in three parts (generator forward, D update, G update), logging,
+evaluation, saving. The epoch loop, launching, the optimizer step and the resume
+agreement are shared with train_diff.py (core/training_loop.py, core/launching.py,
+core/optimization.py, checkpoint/agreement.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import random
@@ -49,7 +44,7 @@ from checkpoint.agreement import agree_on_resume_point, restore_train_state
 from core.compilation import compile_enabled, compile_function, compile_in_place
 from core.config_schema import validate_config
 from core.dataset_check import check_filelists, raise_if_problems
-from core.distributed import Runtime, StopVote, gather_objects, wrap_ddp
+from core.distributed import Runtime, StopVote, broadcast_object, gather_objects, wrap_ddp
 from core.hparams import HParams, read_config_json
 from core.launching import (
     Job,
@@ -81,6 +76,7 @@ from core.summaries import (
 )
 from core.training_loop import EpochLoop, LoopSettings
 from data_utils import TextAudioSpeakerLoader, make_eval_loader, make_train_loader
+from evaluation import BestCheckpoint, evaluate_generator
 from modules import commons
 from modules.losses import discriminator_loss, gan_generator_losses, kl_loss
 from modules.mel_processing import audio_to_config_mel, spec_to_config_mel
@@ -172,14 +168,10 @@ def _check_and_launch(args: argparse.Namespace) -> int:
     if placement is None or placement.local_rank == 0:
         find_resume_point(hps.model_dir)
     job = Job(
-        config=config,
-        model_dir=hps.model_dir,
-        fp16_run=bool(hps.train.fp16_run),
-        half_type=hps.train.half_type,
-        max_steps=args.max_steps,
-        rendezvous_timeout_s=args.rendezvous_timeout,
+        config, hps.model_dir, bool(hps.train.fp16_run), hps.train.half_type,
+        max_steps=args.max_steps, rendezvous_timeout_s=args.rendezvous_timeout,
         code_dir=str(REPO_DIR),
-    )
+    )  # fmt: skip
     return launch(train_worker, job, args.nprocs, hps.train.port)
 
 
@@ -198,11 +190,7 @@ class Trainer(EpochLoop):
     """The synthesizer's run: its data, networks, optimizers and state, and the GAN step."""
 
     def __init__(
-        self,
-        hps: HParams,
-        runtime: Runtime,
-        stop_request: StopRequest,
-        max_steps: int | None,
+        self, hps: HParams, runtime: Runtime, stop_request: StopRequest, max_steps: int | None
     ) -> None:
         self.hps, self.runtime = hps, runtime
         self.stop_request, self.max_steps = stop_request, max_steps
@@ -219,6 +207,11 @@ class Trainer(EpochLoop):
         self._build_data(seed)
         self._build_models(seed)
         self.resume()
+        # Rank 0 evaluates, keeps the best pair from rotation and decides on patience.
+        self.best = (
+            BestCheckpoint.load(self.model_dir, self.state.step, train.patience)
+            if runtime.is_main else None
+        )  # fmt: skip
         self._prepare_step()
         self.writer, self.writer_eval = open_writers(self.model_dir, runtime.is_main)
         self.nonfinite = NonFiniteGuard(runtime, train.log_interval)
@@ -263,13 +256,10 @@ class Trainer(EpochLoop):
         hps, runtime = self.hps, self.runtime
         for optimizer in (self.optim_g, self.optim_d):
             keep_optimizer_fused(optimizer)
-        decay, lr, epoch = hps.train.lr_decay, hps.train.learning_rate, self.state.epoch
-        self.scheduler_g = exponential_schedule(
-            self.optim_g, decay, self.state.scheduler_g, epoch, lr
-        )
-        self.scheduler_d = exponential_schedule(
-            self.optim_d, decay, self.state.scheduler_d, epoch, lr
-        )
+        state, decay, lr = self.state, hps.train.lr_decay, hps.train.learning_rate
+        epoch = state.epoch
+        self.scheduler_g = exponential_schedule(self.optim_g, decay, state.scheduler_g, epoch, lr)
+        self.scheduler_d = exponential_schedule(self.optim_d, decay, state.scheduler_d, epoch, lr)
         self.compiled = compile_enabled(hps.train.compile, runtime.device)
         self.discriminator = self.net_d
         self._score_audio = self.net_d.score
@@ -309,12 +299,9 @@ class Trainer(EpochLoop):
 
     def apply_resume_point(self, point: ResumePoint) -> None:
         """Load `point` into the models, optimizers, scaler and run state of this rank."""
-        _, _, _, epoch = load_checkpoint(
-            point.g_path, self.net_g, self.optim_g, strict=True, checkpoint=point.g_checkpoint
-        )
-        load_checkpoint(
-            point.d_path, self.net_d, self.optim_d, strict=True, checkpoint=point.d_checkpoint
-        )
+        load = functools.partial(load_checkpoint, strict=True)
+        epoch = load(point.g_path, self.net_g, self.optim_g, checkpoint=point.g_checkpoint)[3]
+        load(point.d_path, self.net_d, self.optim_d, checkpoint=point.d_checkpoint)
         saved_state = point.g_checkpoint.get("train_state")
         if isinstance(saved_state, dict):
             self.state = restore_train_state(saved_state, self.runtime, self.batches_per_epoch)
@@ -342,16 +329,6 @@ class Trainer(EpochLoop):
         """The learning rate decays by `lr_decay` per epoch, as upstream."""
         self.scheduler_g.step()
         self.scheduler_d.step()
-
-    # ----------------------------------------------------------------- mels
-
-    def spec_to_mel(self, spec: torch.Tensor) -> torch.Tensor:
-        """Mel of a linear spectrogram, with the config's mel settings."""
-        return spec_to_config_mel(spec, self.hps.data)
-
-    def audio_to_mel(self, audio: torch.Tensor) -> torch.Tensor:
-        """Mel of generated (B, 1, T) audio, in float32 as upstream computes it."""
-        return audio_to_config_mel(audio, self.hps.data)
 
     # ----------------------------------------------------------------- one GAN step
 
@@ -381,27 +358,18 @@ class Trainer(EpochLoop):
         """The generator on a batch, its random slice of real audio, and both slices' mels."""
         hps, runtime = self.hps, self.runtime
         c, f0, spec, y, speaker, lengths, uv, volume = (runtime.to_device(item) for item in batch)
-        mel = self.spec_to_mel(spec)
+        mel = spec_to_config_mel(spec, hps.data)
         with runtime.autocast():
-            (
-                y_hat,
-                ids_slice,
-                z_mask,
-                (_z, z_p, m_p, logs_p, _m_q, logs_q),
-                pred_lf0,
-                norm_lf0,
-                lf0,
-            ) = self.net_g(
+            # f0_outputs: the predicted, normalised and given log-f0 (None without the predictor)
+            y_hat, ids_slice, z_mask, (_, z_p, m_p, logs_p, _, logs_q), *f0_outputs = self.net_g(
                 c, f0, uv, spec, g=speaker, c_lengths=lengths, spec_lengths=lengths, vol=volume
             )
             frames = hps.train.segment_size // hps.data.hop_length
             y_mel = commons.slice_segments(mel, ids_slice, frames)
-            y_hat_mel = self.audio_to_mel(y_hat)
+            y_hat_mel = audio_to_config_mel(y_hat, hps.data)
             y = commons.slice_segments(y, ids_slice * hps.data.hop_length, hps.train.segment_size)
-        return GeneratorOutput(
-            y, y_hat, y_mel, y_hat_mel, mel, z_mask, z_p, m_p, logs_p, logs_q,
-            pred_lf0, norm_lf0, lf0,
-        )  # fmt: skip
+        slices = (y, y_hat, y_mel, y_hat_mel, mel)
+        return GeneratorOutput(*slices, z_mask, z_p, m_p, logs_p, logs_q, *f0_outputs)
 
     def discriminator_update(self, forward: GeneratorOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """One discriminator step on real and (detached) generated audio, scored as one batch."""
@@ -473,40 +441,27 @@ class Trainer(EpochLoop):
         summarize(self.writer, self.state.step, scalars=scalars, images=images)
 
     def evaluate(self) -> None:
-        """Convert the validation clips (rank 0) into `<model_dir>/eval` for TensorBoard.
+        """Measure every validation clip (rank 0): figures, audio and mels into
+        `<model_dir>/eval` for TensorBoard, the best checkpoint into `best.json`.
 
-        `infer` draws from its own seeded generator and the eval loader has its
-        own, so evaluation leaves the training random streams where they were.
+        Every draw comes from seeded local generators and the eval loader has
+        its own, so evaluation leaves the training random streams where they were.
         """
-        hps, device = self.hps, self.runtime.device
         generator = unwrap_model(self.net_g)
-        generator.eval()
-        audios: dict[str, torch.Tensor] = {}
-        images: dict[str, Any] = {}
-        with torch.no_grad():
-            for index, batch in enumerate(self.eval_loader):
-                c, f0, spec, y, speaker, _, uv, volume = batch
-                spec, y = spec[:1].to(device), y[:1].to(device)
-                volume = volume[:1].to(device) if volume is not None else None
-                c, f0, uv, g = (t[:1].to(device) for t in (c, f0, uv, speaker))
-                y_hat, _ = generator.infer(c, f0, uv, g=g, vol=volume)
-                mel = self.spec_to_mel(spec)
-                y_hat_mel = self.audio_to_mel(y_hat)
-                audios[f"gen/audio_{index}"] = y_hat[0].float().cpu()
-                audios[f"gt/audio_{index}"] = y[0].float().cpu()
-                images = {
-                    "gen/mel": plot_spectrogram_to_numpy(y_hat_mel[0].cpu().numpy()),
-                    "gt/mel": plot_spectrogram_to_numpy(mel[0].cpu().numpy()),
-                }
+        report = evaluate_generator(generator, self.eval_loader, self.hps, self.runtime.device)
         summarize(
-            self.writer_eval,
-            self.state.step,
-            images=images,
-            audios=audios,
-            audio_sampling_rate=hps.data.sampling_rate,
-        )
+            self.writer_eval, self.state.step, scalars=report.scalars(), images=report.images(),
+            audios=report.audios, audio_sampling_rate=self.hps.data.sampling_rate,
+        )  # fmt: skip
         self.writer_eval.flush()
-        generator.train()
+        self.best.record(self.state.step, report)
+
+    def stop_reason_after_evaluation(self) -> str | None:
+        """`train.patience` evaluations without a new best: rank 0's verdict, on every rank."""
+        if self.hps.train.patience is None:
+            return None  # no collective at all by default
+        verdict = self.best.stop_reason() if self.best and self.best.patience_exhausted else None
+        return broadcast_object(self.runtime, verdict, 0)
 
     def save(self) -> None:
         """Write `G_<step>.pth` and `D_<step>.pth` (rank 0), then prune old pairs.
@@ -527,19 +482,13 @@ class Trainer(EpochLoop):
         self.state.scaler = self.scaler.state_dict() if self.runtime.uses_grad_scaler else {}
         self.state.rng_per_rank = rng_states
         epoch, lr = self.state.epoch, self.hps.train.learning_rate
-        save_checkpoint(
-            self.net_g,
-            self.optim_g,
-            lr,
-            epoch,
-            generator_path(self.model_dir, step),
-            extra={"train_state": self.state.to_dict()},
-            config=self.hps,
-        )
-        save_checkpoint(
-            self.net_d, self.optim_d, lr, epoch, discriminator_path(self.model_dir, step)
-        )
-        for path in clean_checkpoints(self.model_dir, self.hps.train.keep_ckpts):
+        extra = {"train_state": self.state.to_dict()}
+        g_path = generator_path(self.model_dir, step)
+        save_checkpoint(self.net_g, self.optim_g, lr, epoch, g_path, extra=extra, config=self.hps)
+        d_path = discriminator_path(self.model_dir, step)
+        save_checkpoint(self.net_d, self.optim_d, lr, epoch, d_path)
+        protected = self.best.protected_steps()
+        for path in clean_checkpoints(self.model_dir, self.hps.train.keep_ckpts, protected):
             logger.info("removed old checkpoint %s", path)
         if self.writer is not None:
             self.writer.flush()

@@ -72,6 +72,10 @@ class EpochLoop:
         """Write a checkpoint of the whole run state (every process takes part)."""
         raise NotImplementedError
 
+    def stop_reason_after_evaluation(self) -> str | None:
+        """After an evaluation and its save: a reason to stop early (every rank alike), or None."""
+        return None
+
     def start_epoch(self, epoch: int) -> None:
         """Called before each epoch (a warmup learning rate, say)."""
 
@@ -137,12 +141,15 @@ class EpochLoop:
             if due and self.runtime.is_main:
                 self.evaluate()
             self.save()
-        if not (stop or at_limit):
+        early = self.stop_reason_after_evaluation() if due else None
+        if not (stop or at_limit or early):
             return None
         self.stop_vote.close()
         if stop:
             return f"{self.stop_request.signal_name or 'stop'} received"
-        return f"reached --max_steps {self.max_steps}"
+        if at_limit:
+            return f"reached --max_steps {self.max_steps}"
+        return early
 
     def _progress_bar(self, epoch: int, done: int) -> Any:
         """The epoch's tqdm bar on the main process (closed on any exit), a stand-in elsewhere."""

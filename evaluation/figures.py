@@ -35,7 +35,8 @@ from evaluation.pitch_accuracy import (
     pooled_voicing_error_rate,
 )
 from modules.f0_predictors import F0Predictor
-from modules.mel_processing import mel_spectrogram_torch, spec_to_mel_torch
+from modules.mel_processing import audio_to_config_mel as audio_to_mel
+from modules.mel_processing import spec_to_config_mel as spec_to_mel
 
 NOISE_SCALE = 0.4  # inference_main.py's default -ns
 EVAL_SEED = 52468  # SynthesizerTrn.infer's default seed
@@ -157,32 +158,6 @@ class ValidationReport:
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-def spec_to_mel(spec: torch.Tensor, data: Any) -> torch.Tensor:
-    """Mel of a linear spectrogram, with the config's (`hps.data`) mel settings."""
-    return spec_to_mel_torch(
-        spec,
-        data.filter_length,
-        data.n_mel_channels,
-        data.sampling_rate,
-        data.mel_fmin,
-        data.mel_fmax,
-    )
-
-
-def audio_to_mel(audio: torch.Tensor, data: Any) -> torch.Tensor:
-    """Mel of (B, 1, T) audio in float32, with the config's mel settings."""
-    return mel_spectrogram_torch(
-        audio.squeeze(1).float(),
-        data.filter_length,
-        data.n_mel_channels,
-        data.sampling_rate,
-        data.hop_length,
-        data.win_length,
-        data.mel_fmin,
-        data.mel_fmax,
-    )
 
 
 def _mel_l1(a: torch.Tensor, b: torch.Tensor) -> float:

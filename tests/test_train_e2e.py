@@ -198,8 +198,9 @@ def test_event_files_hold_every_upstream_tag(resumed_run):
 
 def test_keep_ckpts_holds_and_base_pair_stays(resumed_run):
     model_dir = resumed_run[0] / "logs" / "resumed"
+    best = json.loads((model_dir / "best.json").read_text())["step"]  # also kept
     names = sorted(path.name for path in model_dir.glob("[GD]_*.pth"))
-    assert names == ["D_0.pth", "D_10.pth", "D_9.pth", "G_0.pth", "G_10.pth", "G_9.pth"]
+    assert names == sorted(f"{prefix}_{step}.pth" for prefix in "GD" for step in {0, 9, 10, best})
     assert not list(model_dir.glob(".*.tmp"))
     assert (model_dir / "config.json").is_file() and (model_dir / "train.log").is_file()
 
