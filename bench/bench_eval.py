@@ -34,7 +34,7 @@ from evaluation.pitch_accuracy import build_pitch_meter  # noqa: E402
 
 
 def synthetic_config(workdir: Path, full: bool, seconds: float, clips: int) -> dict:
-    from tests.helpers_data import TEMPLATE, make_config, make_dataset
+    from bench.synthetic_set import TEMPLATE, make_config, make_dataset
 
     rate, hop, ssl_dim = (44100, 512, 768) if full else (22050, 256, 32)
     make_dataset(

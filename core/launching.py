@@ -126,15 +126,21 @@ def count_processes(requested: int | None) -> tuple[int, str]:
     return (requested or 1), "cpu"
 
 
+# Seconds a failed worker's peers get to exit, then again after SIGTERM, before SIGKILL.
+PEER_EXIT_GRACE_S = 5.0
+
+
 def spawn_workers(
     worker: Callable[..., None], nprocs: int, port: str | int, args: tuple
 ) -> int:
     """Run `worker(rank, *args)` in `nprocs` processes on this machine; return the exit code.
 
     Signals sent to this parent are passed to the workers (which stop after the
-    current step). When a worker fails, the others are sent SIGTERM and, 20 s
-    later, SIGKILL. A worker's known failure has printed its own line; a real
-    bug's traceback is printed here.
+    current step). When a worker fails, the others get `PEER_EXIT_GRACE_S` to
+    leave on their own (a collective with a dead peer fails), then SIGTERM and,
+    as long again later, SIGKILL (a frozen peer takes no other signal). A
+    worker's known failure has printed its own line; a real bug's traceback is
+    printed here.
     """
     os.environ.setdefault("MASTER_ADDR", "localhost")
     os.environ["MASTER_PORT"] = str(port)
@@ -152,7 +158,7 @@ def spawn_workers(
         signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)
     }
     try:
-        while not context.join(grace_period=20):
+        while not context.join(grace_period=PEER_EXIT_GRACE_S):
             pass
     except mp.ProcessExitedException as error:
         if error.exit_code > 0:

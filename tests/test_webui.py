@@ -187,8 +187,10 @@ def test_a_failing_conversion_is_a_message_and_the_page_keeps_converting(
     cache = ModelCache(device="cpu", factory=FlakySvc)
     page = build_page(cache, tmp_path / "logs", out_dir=str(tmp_path / "out"))
     convert = next(block.fn for block in page.fns.values() if block.name == "convert")
-    inputs = (str(folder), None, None, None, False, 0.0, "tenor", 0, False, "pm", 0.4, -40,
-              0.5, str(source), None)
+    model = (str(folder), None, None, None, False)  # folder, G, config, cluster, retrieval
+    diffusion = (False, False, "", "", False)  # shallow, only, model, config, enhance
+    conversion = (0.0, "tenor", 0, False, "pm", 0.4, -40, 0.5, 100, False, 0)
+    inputs = (*model, *diffusion, *conversion, str(source), None)
 
     audio, download, status = convert(*inputs)
     assert audio is None and download is None
