@@ -24,7 +24,11 @@ import yaml
 
 import feature_files as ff
 import train_diff
+from bench.host_reads import counting_host_reads
+from core.distributed import init_runtime
 from core.errors import UserError
+from core.lifecycle import StopRequest
+from diffusion.config import load_diffusion_config
 from diffusion.files import save_diffusion_model
 from diffusion.run_files import find_diffusion_resume_point, model_steps, rotate_models
 from diffusion.unit2mel import Unit2Mel
@@ -301,3 +305,41 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path: Path) -> None:
     assert f"SIGTERM received: saved step {last}" in output
     saved = torch.load(tmp_path / EXPDIR / f"model_{last}.pt", weights_only=True)
     assert saved["train_state"]["step"] == saved["global_step"] == last
+
+
+def test_a_step_that_does_not_log_reads_nothing_on_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The synthesizer's no-sync rule holds for the denoising step: no tensor value is read
+    on the host outside the logging steps (each read would stall a GPU's queue)."""
+    monkeypatch.chdir(tmp_path)
+    config = load_diffusion_config(make_run(tmp_path, interval_log=100, interval_val=100))
+    runtime = init_runtime(0, 0, 1, "cpu", False, "fp16")
+    trainer = train_diff.DiffusionTrainer(config, runtime, StopRequest(), None)
+    batch = next(iter(trainer.train_loader))
+    trainer.state.step = 1
+    trainer.train_step(batch)  # warm-up: the optimizer's moments are created
+    before = [p.detach().clone() for p in trainer.net.parameters()]
+    trainer.state.step = 2
+    assert not trainer.nonfinite.is_check_step(trainer.state.step)
+    with counting_host_reads() as counts:
+        output = trainer.train_step(batch)
+        stop = trainer.stop_vote.poll(trainer.stop_request.requested)
+    assert sum(counts.values()) == 0, dict(counts)
+    assert not stop and torch.isfinite(output["train/loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.net.parameters()))
+
+
+def test_fp16_on_cpu_trains_in_bf16_and_saves_float32_weights(small_run: Path) -> None:
+    """amp_dtype fp16 has no CPU kernels: the run says so, trains under bf16 autocast, and its
+    model file holds float32 weights as upstream's does."""
+    config = yaml.safe_load(small_run.read_text())
+    config["train"]["amp_dtype"] = "fp16"
+    small_run.write_text(yaml.safe_dump(config))
+    assert train_diff.main(["-c", str(small_run), "--max_steps", "2"]) == 0
+    folder = small_run.parent.parent / EXPDIR
+    assert "fp16 is not supported for CPU training: using bf16 instead" in (
+        folder / "train.log"
+    ).read_text()
+    saved = torch.load(folder / "model_2.pt", weights_only=True)["model"]
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in saved.values())
