@@ -338,8 +338,9 @@ def test_fp16_on_cpu_trains_in_bf16_and_saves_float32_weights(small_run: Path) -
     small_run.write_text(yaml.safe_dump(config))
     assert train_diff.main(["-c", str(small_run), "--max_steps", "2"]) == 0
     folder = small_run.parent.parent / EXPDIR
-    assert "fp16 is not supported for CPU training: using bf16 instead" in (
-        folder / "train.log"
-    ).read_text()
+    assert (
+        "fp16 is not supported for CPU training: using bf16 instead"
+        in (folder / "train.log").read_text()
+    )
     saved = torch.load(folder / "model_2.pt", weights_only=True)["model"]
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in saved.values())
