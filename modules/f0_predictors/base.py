@@ -114,3 +114,35 @@ class F0Predictor(ABC):
     def compute_f0(self, wav: np.ndarray, p_len: int | None = None) -> np.ndarray:
         """Return only the filled pitch of :meth:`compute_f0_uv`."""
         return self.compute_f0_uv(wav, p_len)[0]
+
+
+class NeuralF0Predictor(F0Predictor):
+    """A predictor with a network (rmvpe, crepe, fcpe): it runs on ``device`` (CUDA when
+    there is one), takes voicing below ``threshold`` as unvoiced, and gives pitch per
+    network frame, which upstream's post-processing puts on the model's grid."""
+
+    def __init__(
+        self,
+        hop_length: int,
+        sampling_rate: int,
+        f0_min: float,
+        f0_max: float,
+        device: str | None,
+        threshold: float,
+    ) -> None:
+        super().__init__(hop_length, sampling_rate, f0_min, f0_max)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.threshold = threshold
+
+    @abstractmethod
+    def frame_f0(self, wav: np.ndarray) -> torch.Tensor:
+        """Pitch per network frame (0 = unvoiced), before the grid stretch."""
+
+    def compute_f0_uv(
+        self, wav: np.ndarray, p_len: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if p_len is None:
+            p_len = self.default_length(wav)
+        return frames_to_grid(self.frame_f0(wav), p_len, self.hop_length, self.sampling_rate)

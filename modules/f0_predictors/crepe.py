@@ -27,7 +27,7 @@ from torch import nn
 
 from core.errors import UserError
 from core.safe_io import load_torch_data
-from modules.f0_predictors.base import F0Predictor, frames_to_grid
+from modules.f0_predictors.base import NeuralF0Predictor
 from modules.f0_predictors.resample import KaiserResampler
 from modules.f0_predictors.rmvpe import CENTS_OFFSET, CENTS_PER_BIN
 
@@ -223,7 +223,7 @@ def mean_filter3(x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------- predictor
 
 
-class CrepeF0Predictor(F0Predictor):
+class CrepeF0Predictor(NeuralF0Predictor):
     """so-vits-svc's crepe: Viterbi-decoded CREPE, filtered and gated, on the model's grid.
 
     ``dither`` adds torchcrepe's ±20-cent triangular noise to each frame's
@@ -243,11 +243,7 @@ class CrepeF0Predictor(F0Predictor):
         capacity: str = "full",
         dither: bool = True,
     ) -> None:
-        super().__init__(hop_length, sampling_rate, f0_min, f0_max)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.threshold = threshold
+        super().__init__(hop_length, sampling_rate, f0_min, f0_max, device, threshold)
         self.dither = dither
         self.model = load_crepe(weights_path, capacity).to(self.device)
         self.bin_range = pitch_bin_range(f0_min, f0_max)
@@ -284,10 +280,3 @@ class CrepeF0Predictor(F0Predictor):
         periodicity[loudness.to(periodicity.device) < SILENCE_DB] = 0.0
         pitch = torch.where(periodicity < self.threshold, torch.nan, pitch)
         return mean_filter3(pitch)
-
-    def compute_f0_uv(
-        self, wav: np.ndarray, p_len: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if p_len is None:
-            p_len = self.default_length(wav)
-        return frames_to_grid(self.frame_f0(wav), p_len, self.hop_length, self.sampling_rate)

@@ -24,7 +24,7 @@ from torch import nn
 
 from core.errors import UserError
 from core.safe_io import UnsafeFileError, foreign_items, load_torch_data, load_torch_foreign
-from modules.f0_predictors.base import F0Predictor, frames_to_grid
+from modules.f0_predictors.base import NeuralF0Predictor
 from modules.f0_predictors.resample import SincResampler
 
 DEFAULT_WEIGHTS = "pretrain/fcpe.pt"
@@ -398,7 +398,7 @@ class FCPEPitch:
 # ------------------------------------------------------------------- predictor
 
 
-class FCPEF0Predictor(F0Predictor):
+class FCPEF0Predictor(NeuralF0Predictor):
     """FCPE pitch on the model's frame grid; the network is loaded once per predictor."""
 
     def __init__(
@@ -411,18 +411,9 @@ class FCPEF0Predictor(F0Predictor):
         threshold: float = 0.05,
         weights_path: str | Path | None = None,
     ) -> None:
-        super().__init__(hop_length, sampling_rate, f0_min, f0_max)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.threshold = threshold
+        super().__init__(hop_length, sampling_rate, f0_min, f0_max, device, threshold)
         self.fcpe = load_fcpe(weights_path or DEFAULT_WEIGHTS, self.device)
 
-    def compute_f0_uv(
-        self, wav: np.ndarray, p_len: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if p_len is None:
-            p_len = self.default_length(wav)
+    def frame_f0(self, wav: np.ndarray) -> torch.Tensor:
         audio = torch.as_tensor(np.asarray(wav, dtype=np.float32), device=self.device)
-        f0 = self.fcpe(audio, self.sampling_rate, self.threshold)[0, :, 0]
-        return frames_to_grid(f0, p_len, self.hop_length, self.sampling_rate)
+        return self.fcpe(audio, self.sampling_rate, self.threshold)[0, :, 0]

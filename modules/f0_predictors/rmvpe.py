@@ -21,7 +21,7 @@ from torch import nn
 
 from core.errors import UserError
 from core.safe_io import load_torch_data
-from modules.f0_predictors.base import F0Predictor, frames_to_grid
+from modules.f0_predictors.base import NeuralF0Predictor
 from modules.f0_predictors.resample import SincResampler
 
 RMVPE_SAMPLE_RATE = 16000
@@ -411,7 +411,7 @@ class RMVPE:
 # ------------------------------------------------------------------- predictor
 
 
-class RMVPEF0Predictor(F0Predictor):
+class RMVPEF0Predictor(NeuralF0Predictor):
     """RMVPE pitch mapped onto the model's frame grid.
 
     The network is loaded once per predictor so one process can reuse it for
@@ -428,18 +428,9 @@ class RMVPEF0Predictor(F0Predictor):
         threshold: float = 0.05,
         weights_path: str | Path | None = None,
     ) -> None:
-        super().__init__(hop_length, sampling_rate, f0_min, f0_max)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self.threshold = threshold
+        super().__init__(hop_length, sampling_rate, f0_min, f0_max, device, threshold)
         self.rmvpe = RMVPE.load(weights_path or DEFAULT_WEIGHTS, self.device)
 
-    def compute_f0_uv(
-        self, wav: np.ndarray, p_len: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if p_len is None:
-            p_len = self.default_length(wav)
+    def frame_f0(self, wav: np.ndarray) -> torch.Tensor:
         audio = torch.as_tensor(np.asarray(wav, dtype=np.float32), device=self.device)
-        f0 = self.rmvpe.infer_from_audio(audio, self.sampling_rate, self.threshold)
-        return frames_to_grid(f0, p_len, self.hop_length, self.sampling_rate)
+        return self.rmvpe.infer_from_audio(audio, self.sampling_rate, self.threshold)
