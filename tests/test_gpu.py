@@ -14,8 +14,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import train
+import train_diff
 from bench.host_reads import counting_host_reads
-from core.distributed import StopVote
+from core.distributed import StopVote, init_runtime
+from core.lifecycle import StopRequest
+from diffusion.config import load_diffusion_config
+from tests.test_train_diff import make_run
 from tests.test_trainer import build_trainer, small_set  # noqa: F401  (fixture)
 
 pytestmark = [
@@ -47,6 +51,31 @@ def test_a_non_logging_cuda_step_never_synchronises(small_set):  # noqa: F811
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert sum(counts.values()) == 0, dict(counts)
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_a_non_logging_diffusion_step_never_synchronises(tmp_path, monkeypatch, amp):
+    """train_diff.py's denoising step under each autocast: no host sync, float32 weights."""
+    monkeypatch.chdir(tmp_path)
+    run = make_run(tmp_path, interval_log=100, interval_val=100, amp_dtype=amp)
+    runtime = init_runtime(0, 0, 1, "cuda", True, amp)
+    assert runtime.autocast_dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+    trainer = train_diff.DiffusionTrainer(load_diffusion_config(run), runtime, StopRequest(), None)
+    batch = next(iter(trainer.train_loader))
+    trainer.state.step = 1
+    trainer.train_step(batch)
+    torch.cuda.synchronize()
+    trainer.state.step = 2
+    with counting_host_reads() as counts:
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            output = trainer.train_step(batch)
+            trainer.stop_vote.poll(False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert sum(counts.values()) == 0, dict(counts)
+    assert torch.isfinite(output["train/loss"])
+    assert all(p.dtype == torch.float32 for p in trainer.net.parameters())
 
 
 def test_batches_arrive_in_pinned_memory(small_set):  # noqa: F811
