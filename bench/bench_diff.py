@@ -11,22 +11,26 @@ every sampler upstream offers, from noise (as `-od`) and from a mel at
 faster than real time). The vocoder is not included (it costs the same for
 every sampler).
 
-Training: the loss-backward-update step built from core/optimization.py (fused
-AdamW, the grad scaler's device-side skip of non-finite updates, the
-non-finite counter; no host reads), against a bare loop over the same model
-and batches (loss, backward, plain AdamW step). Prints samples/s of both, the
-ratio, and host reads of tensor values per step; on CUDA also host syncs per
-step (`torch.cuda.set_sync_debug_mode`). Nothing is saved.
+Training: train_diff.py's own `DiffusionTrainer.train_step` (fused AdamW, the
+grad scaler's device-side skip of non-finite updates, the non-finite counter;
+no host reads) on a synthetic set with the `--use_diff` files, against a bare
+loop over a copy of the same model and batch (loss, backward, plain AdamW
+step). Prints samples/s of both, the ratio, and host reads of tensor values per
+step; on CUDA also host syncs per step (`torch.cuda.set_sync_debug_mode`).
+Nothing is kept: the set and the run folder are temporary.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -34,14 +38,10 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from bench.host_reads import counting_host_reads  # noqa: E402
-from core.distributed import Runtime  # noqa: E402
-from core.optimization import (  # noqa: E402
-    NonFiniteGuard,
-    build_grad_scaler,
-    build_optimizer,
-    optimizer_step,
-)
-from diffusion.config import INFER_METHODS  # noqa: E402
+from bench.synthetic_set import make_dataset, write_diffusion_features  # noqa: E402
+from core.distributed import init_runtime  # noqa: E402
+from core.lifecycle import StopRequest  # noqa: E402
+from diffusion.config import INFER_METHODS, parse_diffusion_config  # noqa: E402
 from diffusion.unit2mel import Unit2Mel  # noqa: E402
 
 SAMPLING_RATE, HOP, MELS, WIDTH = 44100, 512, 128, 768
@@ -63,6 +63,7 @@ def parse_args() -> argparse.Namespace:
     add("--train_seconds", type=float, default=1.0, help="training clip length")
     add("--steps", type=int, default=6, help="timed training steps")
     add("--warmup", type=int, default=2)
+    add("--amp_dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="training autocast")
     return parser.parse_args()
 
 
@@ -127,31 +128,53 @@ def inference_rtf(model: Unit2Mel, args: argparse.Namespace, device: torch.devic
         print(f"  {method:<13} {figures[0]:>12.3f} {figures[1]:>12.3f}")
 
 
-def loss_of(model: Unit2Mel, batch: Batch) -> torch.Tensor:
-    units, f0, volume, speaker, mel = batch
-    return model.loss_terms(units, f0, volume, speaker, mel).loss
+def diffusion_trainer(args: argparse.Namespace, workdir: Path, device: torch.device) -> Any:
+    """train_diff.py's trainer on a synthetic set with the `--use_diff` files, built as it
+    builds itself (the YAML, the data, the model, the optimizer); one process, no logging."""
+    import train_diff
+
+    logging.getLogger("so-vits-svc").setLevel(logging.ERROR)  # "no vocoder": known here
+    data = make_dataset(
+        workdir, items_per_speaker=args.batch_size // 2 + 1, val_per_speaker=1,
+        seconds=args.train_seconds + 0.2, sampling_rate=SAMPLING_RATE, hop_length=HOP,
+        ssl_dim=WIDTH,
+    )  # fmt: skip
+    write_diffusion_features(data["train_wavs"] + data["val_wavs"])
+    config = parse_diffusion_config({
+        "data": {"duration": args.train_seconds, "encoder_out_channels": WIDTH,
+                 "training_files": str(data["train_list"]),
+                 "validation_files": str(data["val_list"])},
+        "model": {"n_layers": args.n_layers, "n_chans": args.n_chans,
+                  "n_hidden": args.n_hidden, "n_spk": 2},
+        "vocoder": {"ckpt": str(workdir / "no_vocoder" / "model")},
+        "env": {"expdir": str(workdir / "logs")},
+        "train": {"num_workers": 0, "batch_size": args.batch_size, "interval_log": 10**9,
+                  "interval_val": 10**9, "amp_dtype": args.amp_dtype},
+        "spk": {"alice": 0, "bob": 1},
+    })  # fmt: skip
+    runtime = init_runtime(0, 0, 1, device.type, args.amp_dtype != "fp32", args.amp_dtype)
+    return train_diff.DiffusionTrainer(config, runtime, StopRequest(), None)
 
 
-def bare_step(model: Unit2Mel, optimizer: torch.optim.Optimizer) -> Callable[[Batch], None]:
+def trainer_step(trainer: Any) -> Callable[[Batch], None]:
     def step(batch: Batch) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss_of(model, batch).backward()
-        optimizer.step()
+        trainer.state.step += 1
+        trainer.train_step(batch)
 
     return step
 
 
-def project_step(model: Unit2Mel, runtime: Runtime) -> Callable[[Batch], None]:
-    """The sync-free step every trainer of this project takes (core/optimization.py)."""
-    optimizer = build_optimizer(model.parameters(), 1e-4, (0.9, 0.999), 1e-8, runtime.device)
-    scaler = build_grad_scaler(runtime)
-    guard = NonFiniteGuard(runtime, log_interval=10**9)
+def bare_step(trainer: Any) -> Callable[[Batch], None]:
+    """Loss, backward and a plain AdamW step on a copy of the trainer's model and batches."""
+    model = Unit2Mel.from_config(trainer.config, MELS).to(trainer.runtime.device).train()
+    model.load_state_dict(trainer.net.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters(), trainer.config.train.lr)
 
     def step(batch: Batch) -> None:
-        with runtime.autocast():
-            loss = loss_of(model, batch)
-        guard.count(optimizer_step(scaler, optimizer, model, loss))
-        scaler.update()
+        units, f0, volume, spk_id, aug_shift, mel = trainer.to_device(batch)
+        optimizer.zero_grad(set_to_none=True)
+        model(units, f0, volume, spk_id, aug_shift=aug_shift, gt_spec=mel, infer=False).backward()
+        optimizer.step()
 
     return step
 
@@ -174,7 +197,7 @@ def host_syncs(step: Callable[[Batch], None], batch: Batch) -> tuple[int, int | 
     """Host reads of tensor values in one step; on CUDA also the synchronisations."""
     with counting_host_reads() as counts:
         step(batch)
-    if not torch.cuda.is_available() or batch[0].device.type != "cuda":
+    if not torch.cuda.is_available() or batch["units"].device.type != "cuda":
         return sum(counts.values()), None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -187,18 +210,19 @@ def host_syncs(step: Callable[[Batch], None], batch: Batch) -> tuple[int, int | 
 
 
 def training(args: argparse.Namespace, device: torch.device) -> None:
-    frames = int(args.train_seconds * SAMPLING_RATE / HOP)
-    batch = synthetic_batch(args.batch_size, frames, device)
-    runtime = Runtime(rank=0, local_rank=0, world_size=1, device=device, autocast_dtype=None)
-    torch.manual_seed(0)
-    model = build_model(args, device).train()
-    bare_model = build_model(args, device).train()
-    bare_model.load_state_dict(model.state_dict())
-    ours = project_step(model, runtime)
-    bare = bare_step(bare_model, torch.optim.AdamW(bare_model.parameters(), 1e-4))
-    ours_s, bare_s = timed(ours, batch, args, device), timed(bare, batch, args, device)
-    reads, syncs = host_syncs(ours, batch)
-    print(f"training: batch {args.batch_size} x {frames} frames, fp32")
+    with tempfile.TemporaryDirectory() as workdir:
+        torch.manual_seed(0)
+        trainer = diffusion_trainer(args, Path(workdir), device)
+        batch = next(iter(trainer.train_loader))
+        batch = {name: trainer.runtime.to_device(value) if torch.is_tensor(value) else value
+                 for name, value in batch.items()}  # fmt: skip
+        ours, bare = trainer_step(trainer), bare_step(trainer)
+        ours_s, bare_s = timed(ours, batch, args, device), timed(bare, batch, args, device)
+        reads, syncs = host_syncs(ours, batch)
+        frames = batch["mel"].shape[1]
+        trainer.writer.close()
+    print(f"training: train_diff.py's step, batch {args.batch_size} x {frames} frames, "
+          f"{args.amp_dtype}")  # fmt: skip
     print(f"  project step {args.batch_size / ours_s:8.2f} samples/s")
     print(f"  bare loop    {args.batch_size / bare_s:8.2f} samples/s")
     print(f"  ratio (project / bare) {bare_s / ours_s:.3f}")

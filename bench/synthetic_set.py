@@ -13,6 +13,9 @@ Layout written under `root` (upstream's, with absolute paths in the filelists):
     dataset/<sr // 1000>k/<speaker>/<name>.wav.f0.npy  pickled (f0, uv) object array
     dataset/<sr // 1000>k/<speaker>/<name>.wav.vol.npy (frames,) float32  [vol=True]
     filelists/train.txt, filelists/val.txt
+
+`write_diffusion_features` adds the `.mel.npy`, `.aug_mel.npy` and
+`.aug_vol.npy` files of `preprocess_hubert_f0.py --use_diff`.
 """
 
 from __future__ import annotations
@@ -65,9 +68,7 @@ def _synth_item(
     return audio.astype(np.float32), f0, uv
 
 
-def _content_features(
-    audio: np.ndarray, sampling_rate: int, projection: np.ndarray
-) -> np.ndarray:
+def _content_features(audio: np.ndarray, sampling_rate: int, projection: np.ndarray) -> np.ndarray:
     """(ssl_dim, T_content) features at 50 frames/s: projected log band energies."""
     n_frames = max(1, len(audio) * CONTENT_FRAME_RATE // sampling_rate)
     frame = sampling_rate // CONTENT_FRAME_RATE
@@ -85,8 +86,9 @@ def _content_features(
 def volume_of(audio: np.ndarray, hop_length: int) -> np.ndarray:
     """Per-frame RMS loudness, the formula of upstream's Volume_Extractor."""
     n_frames = len(audio) // hop_length
-    power = np.pad(audio.astype(np.float64) ** 2, (hop_length // 2, (hop_length + 1) // 2),
-                   mode="reflect")
+    power = np.pad(
+        audio.astype(np.float64) ** 2, (hop_length // 2, (hop_length + 1) // 2), mode="reflect"
+    )
     framed = power[: n_frames * hop_length].reshape(n_frames, hop_length)
     return np.sqrt(framed.mean(axis=1)).astype(np.float32)
 
@@ -167,6 +169,19 @@ def make_dataset(
         "ssl_dim": ssl_dim,
         "n_samples": n_samples,
     }
+
+
+def write_diffusion_features(wavs: list[str]) -> None:
+    """The three `--use_diff` files of each clip, with the released vocoder's mel settings:
+    the mel, a mel 3 semitones up (upstream's pitch augmentation) and its loudness."""
+    from diffusion.vocoder import RELEASED_MEL
+
+    for wav in wavs:
+        audio, _ = soundfile.read(wav, dtype="float32")
+        samples = torch.from_numpy(audio)[None]
+        ff.write_mel(ff.mel_path(wav), RELEASED_MEL.extract(samples)[0])
+        ff.write_aug_mel(ff.aug_mel_path(wav), RELEASED_MEL.extract(samples, keyshift=3)[0], 3.0)
+        ff.write_volume(ff.aug_volume_path(wav), np.load(ff.volume_path(wav)) * 0.8)
 
 
 def make_config(root: Path, **overrides: Any) -> dict[str, Any]:

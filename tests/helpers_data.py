@@ -12,6 +12,7 @@ from bench.synthetic_set import (
     make_dataset,
     volume_of,
     write_config,
+    write_diffusion_features,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "make_dataset",
     "volume_of",
     "write_config",
+    "write_diffusion_features",
 ]

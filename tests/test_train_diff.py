@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
 import torch
 import yaml
 
@@ -32,8 +31,7 @@ from diffusion.config import load_diffusion_config
 from diffusion.files import save_diffusion_model
 from diffusion.run_files import find_diffusion_resume_point, model_steps, rotate_models
 from diffusion.unit2mel import Unit2Mel
-from diffusion.vocoder import RELEASED_MEL
-from tests.helpers_data import make_dataset
+from tests.helpers_data import make_dataset, write_diffusion_features
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_VOCODER = REPO / "tests" / "fixtures" / "upstream-4.1-diffusion" / "nsf_hifigan_tiny"
@@ -58,16 +56,6 @@ def traced(self, index):
 diffusion.data.DiffusionDataset.__getitem__ = traced
 sys.exit(train_diff.main())
 """
-
-
-def write_diffusion_features(wavs: list[str]) -> None:
-    """The three `--use_diff` files of each clip, from the released vocoder's mel settings."""
-    for wav in wavs:
-        audio, _ = soundfile.read(wav, dtype="float32")
-        samples = torch.from_numpy(audio)[None]
-        ff.write_mel(ff.mel_path(wav), RELEASED_MEL.extract(samples)[0])
-        ff.write_aug_mel(ff.aug_mel_path(wav), RELEASED_MEL.extract(samples, keyshift=3)[0], 3.0)
-        ff.write_volume(ff.aug_volume_path(wav), np.load(ff.volume_path(wav)) * 0.8)
 
 
 def make_run(root: Path, vocoder_weights: bool = True, **train: object) -> Path:
