@@ -105,6 +105,9 @@ class EpochLoop:
                 return
             self.end_epoch(epoch)
             state.epoch, state.batches_done_in_epoch = epoch + 1, 0
+        # The last step's vote is still in flight: leaving the group under it aborts the
+        # process (gloo's thread is torn down mid-work), after training had succeeded.
+        self.stop_vote.close()
         # Upstream stops without saving the last steps; keep them.
         if self.last_saved_step != state.step:
             self.save()
