@@ -5,8 +5,11 @@ Every test here is marked `gpu` and skipped where CUDA is not visible.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -36,6 +39,17 @@ def one_batch(trainer: train.Trainer) -> tuple:
     return next(iter(trainer.train_loader))
 
 
+@contextlib.contextmanager
+def forbidding_syncs() -> Iterator[Counter]:
+    """Counts host reads of tensor values, and makes any CUDA synchronisation an error."""
+    with counting_host_reads() as counts:
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield counts
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def test_a_non_logging_cuda_step_never_synchronises(small_set):  # noqa: F811
     trainer = cuda_trainer(small_set, "sync", train={"log_interval": 100, "compile": False})
     batch = tuple(trainer.runtime.to_device(t) for t in one_batch(trainer))
@@ -43,13 +57,9 @@ def test_a_non_logging_cuda_step_never_synchronises(small_set):  # noqa: F811
     trainer.train_step(batch)
     torch.cuda.synchronize()
     trainer.state.step = 2
-    with counting_host_reads() as counts:
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            trainer.train_step(batch)
-            trainer.stop_vote.poll(False)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    with forbidding_syncs() as counts:
+        trainer.train_step(batch)
+        trainer.stop_vote.poll(False)
     assert sum(counts.values()) == 0, dict(counts)
 
 
@@ -66,13 +76,9 @@ def test_a_non_logging_diffusion_step_never_synchronises(tmp_path, monkeypatch, 
     trainer.train_step(batch)
     torch.cuda.synchronize()
     trainer.state.step = 2
-    with counting_host_reads() as counts:
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            output = trainer.train_step(batch)
-            trainer.stop_vote.poll(False)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    with forbidding_syncs() as counts:
+        output = trainer.train_step(batch)
+        trainer.stop_vote.poll(False)
     assert sum(counts.values()) == 0, dict(counts)
     assert torch.isfinite(output["train/loss"])
     assert all(p.dtype == torch.float32 for p in trainer.net.parameters())
