@@ -46,7 +46,8 @@ from diffusion.unit2mel import Unit2Mel  # noqa: E402
 
 SAMPLING_RATE, HOP, MELS, WIDTH = 44100, 512, 128, 768
 
-Batch = tuple[torch.Tensor, ...]
+Batch = tuple[torch.Tensor, ...]  # the inference condition
+TrainBatch = dict[str, Any]  # a batch of train_diff.py's data loader
 
 
 def parse_args() -> argparse.Namespace:
@@ -156,21 +157,21 @@ def diffusion_trainer(args: argparse.Namespace, workdir: Path, device: torch.dev
     return train_diff.DiffusionTrainer(config, runtime, StopRequest(), None)
 
 
-def trainer_step(trainer: Any) -> Callable[[Batch], None]:
-    def step(batch: Batch) -> None:
+def trainer_step(trainer: Any) -> Callable[[TrainBatch], None]:
+    def step(batch: TrainBatch) -> None:
         trainer.state.step += 1
         trainer.train_step(batch)
 
     return step
 
 
-def bare_step(trainer: Any) -> Callable[[Batch], None]:
+def bare_step(trainer: Any) -> Callable[[TrainBatch], None]:
     """Loss, backward and a plain AdamW step on a copy of the trainer's model and batches."""
     model = Unit2Mel.from_config(trainer.config, MELS).to(trainer.runtime.device).train()
     model.load_state_dict(trainer.net.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), trainer.config.train.lr)
 
-    def step(batch: Batch) -> None:
+    def step(batch: TrainBatch) -> None:
         units, f0, volume, spk_id, aug_shift, mel = trainer.to_device(batch)
         optimizer.zero_grad(set_to_none=True)
         model(units, f0, volume, spk_id, aug_shift=aug_shift, gt_spec=mel, infer=False).backward()
@@ -180,7 +181,10 @@ def bare_step(trainer: Any) -> Callable[[Batch], None]:
 
 
 def timed(
-    step: Callable[[Batch], None], batch: Batch, args: argparse.Namespace, device: torch.device
+    step: Callable[[TrainBatch], None],
+    batch: TrainBatch,
+    args: argparse.Namespace,
+    device: torch.device,
 ) -> float:
     """Seconds per step after the warmup steps (device work included)."""
     for _ in range(args.warmup):
@@ -193,7 +197,7 @@ def timed(
     return (time.perf_counter() - started) / args.steps
 
 
-def host_syncs(step: Callable[[Batch], None], batch: Batch) -> tuple[int, int | None]:
+def host_syncs(step: Callable[[TrainBatch], None], batch: TrainBatch) -> tuple[int, int | None]:
     """Host reads of tensor values in one step; on CUDA also the synchronisations."""
     with counting_host_reads() as counts:
         step(batch)
