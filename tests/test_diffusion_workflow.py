@@ -90,15 +90,15 @@ def test_features_training_and_conversion_chain(tmp_path: Path) -> None:
             assert wav.with_name(wav.name + suffix).is_file(), suffix
 
     output = _run(project, "train_diff.py", "-c", diffusion_yaml)
-    assert "bf16 instead" not in output  # bf16 was asked for: no fallback
     folder = project / EXPDIR
+    recorded = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    assert recorded["train"]["amp_dtype"] == "bf16" and "validation loss" in output
     assert model_steps(folder)[0] == 4  # 2 epochs of 2 batches of 2 training clips
     trained = torch.load(folder / "model_4.pt", weights_only=True)
     assert trained["global_step"] == 4
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all()
                for t in trained["model"].values())  # fmt: skip
-    log = (folder / "train.log").read_text(encoding="utf-8")
-    assert "validation loss" in log
+    assert "validation loss" in (folder / "train.log").read_text(encoding="utf-8")
 
     song = sung_clip(0.6, SR, 260.0, seed=9)
     (project / "raw").mkdir()
